@@ -1,0 +1,257 @@
+"""The routing concepts the capacity policies share, one function each, tensors in and
+tensors out: plain top-k, Megatron-Core's capacity, admission of an expert's
+highest-priority assignments up to its capacity, and local rerouting of overflow.
+
+Everything is batched over tokens (sorts, cumulative sums, scatters) so the same code
+runs on CPU and CUDA; ties are broken by token index, then slot, then expert id, so a
+plan is a pure function of its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from macssim._errors import PolicyError
+
+__all__ = [
+    "admit_by_priority",
+    "megatron_capacity",
+    "reroute_local",
+    "route_topk",
+]
+
+
+def megatron_capacity(num_tokens: int, top_k: int, num_experts: int,
+                      capacity_factor: float) -> int:
+    """C = ceil((T·k / E) · γ), as Megatron-Core's ``get_capacity`` computes it with
+    ``num_tokens = T·k``; CAI-MoE's ``C = ceil(γ · T · k / E)``."""
+    return math.ceil((num_tokens * top_k / num_experts) * capacity_factor)
+
+
+def route_topk(scores: torch.Tensor, top_k: int,
+               topk_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The router's choice: ``topk_ids`` when given (routers with biases or group limits
+    choose differently from plain top-k), else the k highest scores, ties to the lower
+    expert id.
+
+    Args:
+        scores: [T, E] router probabilities.
+    Returns:
+        [T, k] int64 expert ids, best first when computed here.
+    """
+    if topk_ids is not None:
+        return topk_ids.to(device=scores.device, dtype=torch.long)
+    values, ids = torch.topk(scores, min(top_k + 1, scores.shape[1]), dim=1, sorted=True)
+    # topk orders equal scores arbitrarily; rows with a tie among the top k (or across
+    # the k-th place) are redone with a stable sort, so ties go to the lower expert id.
+    tied = (values[:, 1:] == values[:, :-1]).any(dim=1)
+    ids = ids[:, :top_k]
+    if bool(tied.any()):
+        rows = torch.nonzero(tied, as_tuple=True)[0]
+        ids[rows] = torch.sort(scores[rows], dim=1, descending=True, stable=True).indices[
+            :, :top_k]
+    return ids
+
+
+def _score_bits(x: torch.Tensor) -> torch.Tensor:
+    """int64 whose order is the order of the non-negative floats ``x`` (IEEE-754 bits of
+    a non-negative float32 are monotone as integers; + 0.0 turns −0.0 into 0.0)."""
+    return (x.float() + 0.0).view(torch.int32).long()
+
+
+def _desc31(x: torch.Tensor) -> torch.Tensor:
+    """31-bit int64 key, ascending as the non-negative float ``x`` descends."""
+    return 0x7FFFFFFF - _score_bits(x)
+
+
+def _group_then_priority(group: torch.Tensor, priority: list[torch.Tensor]) -> torch.Tensor:
+    """Stable permutation by ``group`` ascending, then by up to two non-negative float
+    priority keys descending; full ties keep input order. Keys are packed into int64 so
+    the work is one or two integer sorts."""
+    if not priority:
+        return torch.sort(group, stable=True).indices
+    if len(priority) == 1:
+        return torch.sort((group << 31) | _desc31(priority[0]), stable=True).indices
+    if len(priority) == 2:
+        by_priority = torch.sort((_desc31(priority[0]) << 31) | _desc31(priority[1]),
+                                 stable=True).indices
+        return by_priority[torch.sort(group[by_priority], stable=True).indices]
+    raise ValueError("at most two priority keys")
+
+
+def admit_by_priority(expert: torch.Tensor, size: torch.Tensor, capacity: torch.Tensor,
+                      priority: list[torch.Tensor]) -> torch.Tensor:
+    """Admit each expert's assignments in priority order while its load stays within
+    capacity; everything after the first one that does not fit overflows.
+
+    Args:
+        expert: [N] int64, the expert each assignment asks for.
+        size: [N] float64, the load the assignment adds (1 for token counts, w(x) for MACS).
+        capacity: [E] float64, room each expert has.
+        priority: non-negative float keys, most significant first, higher admitted
+            first; ties keep input order (token-major).
+    Returns:
+        [N] bool, admitted.
+    """
+    n = expert.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.bool, device=expert.device)
+    perm = _group_then_priority(expert, priority)
+    e_sorted = expert[perm]
+    cum = torch.cumsum(size[perm], dim=0)
+    num_experts = capacity.shape[0]
+    counts = torch.bincount(e_sorted, minlength=num_experts)
+    starts = torch.cumsum(counts, dim=0) - counts
+    # Load before each expert's segment, so ``within`` is the running load inside it.
+    before = torch.zeros(num_experts, dtype=cum.dtype, device=cum.device)
+    has = counts > 0
+    before[has] = (cum - size[perm])[starts[has]]
+    within = cum - before[e_sorted]
+    # A relative tolerance absorbs float summation error on weighted loads; counts are exact.
+    tol = 1e-9 * torch.clamp(capacity[e_sorted], min=1.0)
+    admitted_sorted = within <= capacity[e_sorted] + tol
+    admitted = torch.empty(n, dtype=torch.bool, device=expert.device)
+    admitted[perm] = admitted_sorted
+    return admitted
+
+
+def _gpu_expert_table(expert_gpu: torch.Tensor) -> torch.Tensor:
+    """[G, M] experts of each GPU, ascending, padded with -1 (M = most experts on a GPU)."""
+    num_gpus = int(expert_gpu.max()) + 1
+    order = torch.sort(expert_gpu, stable=True).indices
+    counts = torch.bincount(expert_gpu, minlength=num_gpus)
+    width = int(counts.max())
+    starts = torch.cumsum(counts, dim=0) - counts
+    col = torch.arange(order.shape[0], device=order.device) - starts[expert_gpu[order]]
+    table = torch.full((num_gpus, width), -1, dtype=torch.long, device=expert_gpu.device)
+    table[expert_gpu[order], col] = order
+    return table
+
+
+def reroute_local(scores: torch.Tensor, expert_ids: torch.Tensor, overflow: torch.Tensor,
+                  expert_gpu: torch.Tensor, load: torch.Tensor, capacity: torch.Tensor,
+                  token_size: torch.Tensor, token_priority: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move overflowing assignments to the token's next-best expert on the same GPU that
+    still has room; whatever finds none is dropped (the fail-safe).
+
+    Proceeds in rounds. Each pending assignment proposes its best local candidate that is
+    not yet one of the token's experts, has positive score and has room for the token's
+    size. Each candidate expert admits proposals in priority order (``token_priority``
+    first when given, then the token's score for that expert, then token index) up to its
+    remaining room. Rejected proposals retry with the next candidate; a round in which a
+    token proposes the same expert from two slots defers the later slot.
+
+    Args:
+        scores: [T, E] router probabilities.
+        expert_ids: [T, k] int64 current experts.
+        overflow: [T, k] bool, slots the first admission pass did not keep.
+        expert_gpu: [E] int64 GPU of each expert.
+        load: [E] float64 admitted load so far.
+        capacity: [E] float64.
+        token_size: [T] float64 load one assignment of the token adds.
+        token_priority: [T] or None, admitted first when higher (MACS: w(x)).
+    Returns:
+        (new expert_ids [T, k], rerouted [T, k] bool).
+    """
+    new_ids = expert_ids.clone()
+    rerouted = torch.zeros_like(overflow)
+    tok, slot = torch.nonzero(overflow, as_tuple=True)
+    if tok.numel() == 0:
+        return new_ids, rerouted
+    num_tokens, num_experts = scores.shape
+    load = load.clone()
+    table = _gpu_expert_table(expert_gpu)                                   # [G, M]
+    num_gpus, width = table.shape
+    # Column of each expert in its GPU's row of the table.
+    column = torch.empty(num_experts, dtype=torch.long, device=scores.device)
+    column[table[table >= 0]] = torch.nonzero(table >= 0, as_tuple=True)[1]
+    # Scores and "already one of the token's experts" laid out per (token, GPU) row, so
+    # a pending slot's candidates are one contiguous row: [T·G, M].
+    padded = bool((table < 0).any())
+    if not padded and bool((table.reshape(-1) == torch.arange(num_experts,
+                                                               device=table.device)).all()):
+        by_gpu = scores.reshape(num_tokens * num_gpus, width)  # contiguous: a free view
+    else:
+        by_gpu = scores[:, table.clamp(min=0).reshape(-1)].reshape(num_tokens * num_gpus, width)
+    taken = torch.zeros(num_tokens * num_gpus, width, dtype=torch.bool, device=scores.device)
+    token_col = torch.arange(num_tokens, device=scores.device).unsqueeze(1)
+    taken[(token_col * num_gpus + expert_gpu[expert_ids]).reshape(-1),
+          column[expert_ids].reshape(-1)] = True
+    gpu = expert_gpu[expert_ids[tok, slot]]
+    row = tok * num_gpus + gpu
+    # A candidate's score, or -1 where it can never be taken (padding, zero score, one
+    # of the token's own experts): one array carries both.
+    cand_score = by_gpu[row].float()
+    never = taken[row] | (cand_score <= 0)
+    if padded:
+        never |= table[gpu] < 0
+    cand_score[never] = -1.0
+    del never
+    del by_gpu
+    slack = 1e-9 * torch.clamp(capacity, min=1.0)
+    won = torch.zeros(num_tokens, dtype=torch.bool, device=scores.device)
+    max_slots = expert_ids.shape[1]
+    while tok.numel():
+        room = torch.where(table >= 0, (capacity - load + slack)[table.clamp(min=0)], -1.0)
+        fits = room[gpu] >= token_size[tok].unsqueeze(1)
+        best_score, best = torch.where(fits, cand_score, -1.0).max(dim=1)   # first max: lower id
+        alive = best_score > 0
+        if not alive.any():
+            break
+        if not alive.all():
+            tok, slot, gpu, row, cand_score, best_score, best = (
+                x[alive] for x in (tok, slot, gpu, row, cand_score, best_score, best))
+        target = table[gpu, best]
+        # One proposal per (token, expert) per round, from the token's lowest slot:
+        # pending slots come token-major, so earlier slots of a token sit just before.
+        prop = torch.ones_like(tok, dtype=torch.bool)
+        for back in range(1, max_slots):
+            same = (tok[back:] == tok[:-back]) & (target[back:] == target[:-back])
+            prop[back:] &= ~same
+        prop_idx = torch.nonzero(prop, as_tuple=True)[0]
+        p_tok, p_target = tok[prop_idx], target[prop_idx]
+        priority = [best_score[prop_idx]]
+        if token_priority is not None:
+            priority.insert(0, token_priority[p_tok].float())
+        admitted = admit_by_priority(p_target, token_size[p_tok].double(),
+                                     (capacity - load).double(), priority)
+        win = prop_idx[admitted]
+        w_tok, w_slot, w_target = tok[win], slot[win], target[win]
+        new_ids[w_tok, w_slot] = w_target
+        rerouted[w_tok, w_slot] = True
+        taken[row[win], column[w_target]] = True
+        load.index_add_(0, w_target, token_size[w_tok].double())
+        pending = torch.ones_like(tok, dtype=torch.bool)
+        pending[win] = False
+        tok, slot, gpu, row, cand_score = (x[pending] for x in (tok, slot, gpu, row, cand_score))
+        # Another slot of a winning token must not take the same expert later.
+        won[w_tok] = True
+        hit = torch.nonzero(won[tok], as_tuple=True)[0]
+        if hit.numel():
+            cand_score[hit] = torch.where(taken[row[hit]], -1.0, cand_score[hit])
+        won[w_tok] = False
+    return new_ids, rerouted
+
+
+def check_inputs(scores: torch.Tensor, top_k: int, placement: torch.Tensor | None,
+                 modality: torch.Tensor | None, entropy: torch.Tensor | None,
+                 topk_ids: torch.Tensor | None, policy: str) -> None:
+    """Shapes and ranges every policy relies on; PolicyError names the argument."""
+    if scores.ndim != 2:
+        raise PolicyError(f'{policy}: "scores" must be [T, E], got shape {list(scores.shape)}')
+    num_tokens, num_experts = scores.shape
+    if not 1 <= top_k <= num_experts:
+        raise PolicyError(f'{policy}: "top_k" must be in 1..E={num_experts}, got {top_k}')
+    if placement is not None and placement.shape != (num_experts,):
+        raise PolicyError(f'{policy}: "placement" must be [E] = [{num_experts}] (expert -> GPU),'
+                          f" got shape {list(placement.shape)}")
+    for name, arr in (("modality", modality), ("entropy", entropy)):
+        if arr is not None and arr.shape != (num_tokens,):
+            raise PolicyError(f'{policy}: "{name}" must be [T] = [{num_tokens}], got shape '
+                              f"{list(arr.shape)}")
+    if topk_ids is not None and topk_ids.shape != (num_tokens, top_k):
+        raise PolicyError(f'{policy}: "topk_ids" must be [T, k] = [{num_tokens}, {top_k}], got '
+                          f"shape {list(topk_ids.shape)}")
