@@ -1,0 +1,206 @@
+"""Trace format v1: round trips, the spec is enough to write one, every broken input is
+named, writes are atomic, reads stream."""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from macssim import TraceError
+from macssim.trace import (
+    ModelFacts,
+    Step,
+    TraceWriter,
+    open_trace,
+    write_trace,
+)
+
+from . import _spec_writer as spec
+
+GOLDEN = Path(__file__).with_name("golden_v1.mtrace")
+
+
+def facts(**over) -> ModelFacts:
+    return ModelFacts.from_dict(spec.model_facts(**over))
+
+
+def make_step(i=0, seed=0, **over):
+    arrays = spec.step_arrays(seed=seed)
+    arrays.update(over)
+    return Step(index=i, kind="prefill", **arrays)
+
+
+def test_round_trip_keeps_every_array(tmp_path):
+    steps = [make_step(i, seed=i) for i in range(3)]
+    path = write_trace(tmp_path / "t.mtrace", facts(), {"source": "test"}, steps)
+    trace = open_trace(path)
+    assert trace.num_steps == 3 and trace.num_tokens == 15
+    assert trace.model == facts()
+    for wrote, read in zip(steps, trace, strict=True):
+        for name, arr in wrote.arrays().items():
+            got = getattr(read, name)
+            if name == "scores":  # stored as float16
+                np.testing.assert_array_equal(got, arr.astype(np.float16).astype(np.float32))
+            else:
+                np.testing.assert_array_equal(got, arr)
+
+
+def test_compressed_round_trip(tmp_path):
+    steps = [make_step(i, seed=i) for i in range(2)]
+    a = open_trace(write_trace(tmp_path / "a.mtrace", facts(), {}, steps, compress=True))
+    b = open_trace(write_trace(tmp_path / "b.mtrace", facts(), {}, steps))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.scores, y.scores)
+
+
+def test_a_writer_built_from_the_spec_is_readable(tmp_path):
+    records = [spec.encode_step(i, spec.step_arrays(seed=i), compress=bool(i % 2))
+               for i in range(3)]
+    path = tmp_path / "spec.mtrace"
+    path.write_bytes(spec.encode_trace(records))
+    trace = open_trace(path)
+    assert [s.index for s in trace] == [0, 1, 2]
+    assert trace.step(1).topk_ids.shape == (2, 5, 2)
+
+
+def test_golden_bytes_are_stable(tmp_path):
+    """The writer's bytes for a fixed input do not drift (format changes need a new
+    version); the golden file also still reads."""
+    path = write_trace(tmp_path / "g.mtrace", facts(), {"source": "golden"},
+                       [make_step(0), make_step(1, seed=1)])
+    assert path.read_bytes() == GOLDEN.read_bytes()
+    assert open_trace(GOLDEN).num_steps == 2
+
+
+def _write_raw(tmp_path, data: bytes) -> Path:
+    path = tmp_path / "bad.mtrace"
+    path.write_bytes(data)
+    return path
+
+
+def _read_all(path):
+    return [s for s in open_trace(path)]
+
+
+BAD_STEPS = {
+    "wrong shape": (dict(topk_ids=np.zeros((2, 5, 3), "<i2")),
+                    r'step 0, layer 0: "topk_ids" is \[T, 3\], expected \[T, 2\]'),
+    "expert id >= E": (dict(topk_ids=np.full((2, 5, 2), [0, 8], "<i2")),
+                       r'layer 0: "topk_ids" holds expert 8, expected 0 <= id < E = 8'),
+    "repeated expert": (dict(topk_ids=np.full((2, 5, 2), 3, "<i2")), "names one expert twice"),
+    "NaN": (dict(entropy=np.full((2, 5), np.nan, "<f4")), '"entropy" holds NaN or inf'),
+    "negative weight": (dict(topk_weights=np.full((2, 5, 2), -0.5, "<f4")),
+                        '"topk_weights" holds a negative value'),
+    "wrong dtype": (dict(position=np.arange(5, dtype="<f4")),
+                    r'"position" has dtype \'<f4\', expected one of'),
+    "bad modality": (dict(modality=np.full(5, 9, "|u1")), '"modality" holds code 9'),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STEPS))
+def test_bad_step_is_named(tmp_path, case):
+    over, message = BAD_STEPS[case]
+    arrays = spec.step_arrays()
+    arrays.update(over)
+    path = _write_raw(tmp_path, spec.encode_trace([spec.encode_step(0, arrays)]))
+    with pytest.raises(TraceError, match=message) as err:
+        _read_all(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_field(tmp_path):
+    arrays = spec.step_arrays()
+    del arrays["entropy"]
+    path = _write_raw(tmp_path, spec.encode_trace([spec.encode_step(0, arrays)]))
+    with pytest.raises(TraceError, match='step 0: field "entropy" is missing'):
+        _read_all(path)
+
+
+def test_optional_fields_may_be_left_out(tmp_path):
+    arrays = {k: v for k, v in spec.step_arrays().items()
+              if k in ("modality", "request_id", "position", "topk_ids")}
+    path = _write_raw(tmp_path, spec.encode_trace(
+        [spec.encode_step(0, arrays)], fields=list(arrays)))
+    step = open_trace(path).step(0)
+    assert step.scores is None and step.entropy is None
+
+
+def test_wrong_version(tmp_path):
+    path = _write_raw(tmp_path, spec.encode_trace([], version=2))
+    with pytest.raises(TraceError, match="format_version 2 is not supported"):
+        open_trace(path)
+
+
+def test_header_missing_model_field(tmp_path):
+    model = spec.model_facts()
+    del model["top_k"]
+    path = _write_raw(tmp_path, spec.encode_trace([], model=model))
+    with pytest.raises(TraceError, match=r"header.model: missing field\(s\) \['top_k'\]"):
+        open_trace(path)
+
+
+def test_truncated_file(tmp_path):
+    data = spec.encode_trace([spec.encode_step(0, spec.step_arrays())])
+    path = _write_raw(tmp_path, data[: len(data) // 2])
+    with pytest.raises(TraceError, match="truncated file"):
+        open_trace(path)
+
+
+def test_corrupt_bytes_fail_the_checksum(tmp_path):
+    path = _write_raw(tmp_path, spec.encode_trace(
+        [spec.encode_step(0, spec.step_arrays(), crc_delta=1)]))
+    with pytest.raises(TraceError, match=r"step 0: checksum mismatch"):
+        _read_all(path)
+
+
+def test_not_a_trace(tmp_path):
+    path = _write_raw(tmp_path, b"PK\x03\x04 this is a zip file, not a trace")
+    with pytest.raises(TraceError, match="not a macssim trace"):
+        open_trace(path)
+    with pytest.raises(TraceError, match="cannot read trace"):
+        open_trace(tmp_path / "absent.mtrace")
+
+
+def test_writer_refuses_bad_steps_and_leaves_nothing(tmp_path):
+    path = tmp_path / "t.mtrace"
+    with pytest.raises(TraceError, match='"topk_ids" holds expert 8'):
+        with TraceWriter(path, facts(), {}) as w:
+            w.write(make_step(0))
+            w.write(make_step(1, topk_ids=np.full((2, 5, 2), [1, 8])))
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_write_leaves_no_trace(tmp_path):
+    path = tmp_path / "t.mtrace"
+    path.write_bytes(b"previous good trace")
+    with pytest.raises(KeyboardInterrupt):
+        with TraceWriter(path, facts(), {}) as w:
+            w.write(make_step(0))
+            raise KeyboardInterrupt
+    assert path.read_bytes() == b"previous good trace"  # untouched, no partial file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.mtrace"]
+
+
+def test_reading_streams_one_step_at_a_time(tmp_path):
+    """Memory while iterating stays near one step, not the file: 40 steps of ~200 kB."""
+    big = dict(T=400, L=2, k=2, E=64)
+    model = facts(num_experts=64)
+    steps = (Step(index=i, kind="decode", **spec.step_arrays(seed=i, **big)) for i in range(40))
+    path = write_trace(tmp_path / "big.mtrace", model, {}, steps)
+    size = path.stat().st_size
+    tracemalloc.start()
+    for _ in open_trace(path):
+        pass
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < size / 5, (peak, size)
+
+
+def test_checksum_of_trace_is_sha256(tmp_path):
+    path = write_trace(tmp_path / "t.mtrace", facts(), {}, [make_step()])
+    assert open_trace(path).sha256() == hashlib.sha256(path.read_bytes()).hexdigest()
