@@ -1,0 +1,148 @@
+"""``macssim replay``: the main job — a trace through policies and a simulated cluster."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from macssim._resources import DEFAULT_TRACE, REPO_ROOT
+from macssim.cli._output import echo_table, library_errors
+
+__all__ = ["command"]
+
+DEFAULT_POLICIES = "macs,expanded-drop,token-drop"
+
+
+def _parse_params(values: tuple[str, ...]) -> dict[str, dict[str, object]]:
+    """``macs.rho=1.0`` -> {"macs": {"rho": 1.0}}; numbers become floats/ints."""
+    out: dict[str, dict[str, object]] = {}
+    for item in values:
+        m = re.fullmatch(r"([a-z-]+)\.([a-z_]+)=(.+)", item)
+        if not m:
+            raise click.BadParameter(f"{item!r}: expected POLICY.NAME=VALUE, e.g. macs.rho=1.0",
+                                     param_hint="--param")
+        policy, name, raw = m.groups()
+        value: object = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                continue
+        out.setdefault(policy, {})[name] = value
+    return out
+
+
+def _default_out(trace: Path, topology: str, gamma: float) -> Path:
+    topo = Path(topology).stem if topology.endswith((".yaml", ".yml")) else topology
+    return REPO_ROOT / "reports" / f"{trace.stem}-{topo}-g{gamma:g}"
+
+
+@click.command("replay")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Trace to replay (format v1). Default: the bundled "
+              "traces/default.mtrace (Qwen3-VL-30B-A3B, image-heavy, synthetic).")
+@click.option("--policy", "policies", default=DEFAULT_POLICIES, show_default=True,
+              help="Policies to replay side by side, comma-separated: vanilla, token-drop, "
+              "expanded-drop, macs. token-drop is always added as the baseline of the ratios.")
+@click.option("--topology", default="8xH100", show_default=True,
+              help="Preset name (8xH100, 8xH200, 8xH800, 16xH100, 64xH100) or a path to a "
+              "topology YAML.")
+@click.option("--capacity-factor", "gamma", type=float, default=1.0, show_default=True,
+              help="γ: each expert's capacity is ceil(γ·T·k/E) assignments per layer and step.")
+@click.option("--param", "params", multiple=True, metavar="POLICY.NAME=VALUE",
+              help="A policy parameter, e.g. macs.rho=1.0, macs.delta=2, "
+              "token-drop.drop_policy=position. Repeatable.")
+@click.option("--steps", "max_steps", type=click.IntRange(min=1), default=None,
+              help="Replay only the first N steps.")
+@click.option("--calibration-trace", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Trace to calibrate MACS's expert modality labels on "
+              "(default: the replayed trace).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report directory (replaced if it exists). Default: "
+              "reports/<trace>-<topology>-g<γ>/.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed, recorded in run.json.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where the policies run: cpu or cuda.")
+@click.option("--list", "list_only", is_flag=True, help="List policies and topology presets.")
+def command(trace_path, policies, topology, gamma, params, max_steps, calibration_trace,
+            out_dir, seed, device, list_only) -> None:
+    """Replay a routing trace through a simulated expert-parallel cluster under each
+    policy and measure the straggler delay each leaves.
+
+    \b
+    Per step and MoE layer: attention on each GPU, the policy's dispatch plan,
+    dispatch all-to-all, expert GEMMs, combine all-to-all, barrier. Prints a summary
+    table and writes CSVs (summary, per step x layer, per step, per GPU phase, drops),
+    plots (GPU x layer load heatmap, straggler delay per layer, latency CDF), a
+    Perfetto timeline and run.json.
+
+    \b
+    Examples:
+      macssim replay --policy macs,token-drop --topology 8xH100
+      macssim replay --trace my.mtrace --policy macs --topology 16xH100 --capacity-factor 1.25
+    """
+    from tqdm import tqdm
+
+    from macssim.cluster import list_topology_presets
+    from macssim.policies import list_policies
+    from macssim.replay import ReplayConfig, replay
+    from macssim.report import write_report
+
+    if list_only:
+        echo_table(["policy", "what it does"], list(list_policies().items()))
+        click.echo("\ntopology presets: " + ", ".join(list_topology_presets()))
+        return
+    trace_path = trace_path or DEFAULT_TRACE
+    names = tuple(p.strip() for p in policies.split(",") if p.strip())
+    config = ReplayConfig(trace=trace_path, policies=names, topology=topology,
+                          capacity_factor=gamma, policy_params=_parse_params(params),
+                          max_steps=max_steps, calibration_trace=calibration_trace, seed=seed,
+                          device=device)
+    out_dir = out_dir or _default_out(trace_path, topology, gamma)
+    with library_errors():
+        bar = tqdm(total=0, unit="step", desc="replay", disable=None, file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            result = replay(config, progress=progress)
+        finally:
+            bar.close()
+        report = write_report(result, out_dir, command_line=["macssim", *sys.argv[1:]])
+    _print_summary(report.summary, result)
+    click.echo(f"\nreport: {report.directory}  ({', '.join(report.files)})")
+
+
+def _print_summary(summary, result) -> None:
+    m = result.model
+    click.echo(f"{m.name} on {result.topology.name}: {result.steps.step.nunique()} steps, "
+               f"{m.num_moe_layers} MoE layers, E={m.num_experts}, k={m.top_k}, "
+               f"γ={result.config.capacity_factor:g}")
+    click.echo("")
+    rows = []
+    for _, r in summary.iterrows():
+        ratio = r.get("moe_latency_mean_s_vs_token_drop", float("nan"))
+        rows.append([r.policy, r.moe_latency_mean_s * 1e6, r.moe_latency_p99_s * 1e6,
+                     r.straggler_delay_mean_s * 1e6, r.straggler_share, r.imbalance_mean,
+                     r.step_latency_mean_s * 1e3, r.tokens_per_s, r.moe_share, ratio])
+    echo_table(["policy", "MoE lat mean µs", "p99 µs", "straggler µs", "strag share",
+                "imbalance", "step ms", "tokens/s", "MoE share", "MoE lat vs TD"], rows)
+    click.echo("")
+    modalities = [c.removeprefix("dropped_semantic_mass_frac_") for c in summary.columns
+                  if c.startswith("dropped_semantic_mass_frac_") and "_vs_" not in c]
+    headers = ["policy", "dropped assign", "dropped gate mass", "dropped semantic"]
+    headers += [f"semantic {m}" for m in modalities] + ["lost all k", "semantic vs TD"]
+    rows = []
+    for _, r in summary.iterrows():
+        rows.append([r.policy, r.dropped_assignments_frac, r.dropped_gate_mass_frac,
+                     r.dropped_semantic_mass_frac]
+                    + [r[f"dropped_semantic_mass_frac_{m}"] for m in modalities]
+                    + [int(r.tokens_lost_all),
+                       r.get("dropped_semantic_mass_frac_vs_token_drop", float("nan"))])
+    echo_table(headers, rows)

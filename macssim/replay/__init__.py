@@ -1,0 +1,10 @@
+"""Replay: drive a trace through routing policies and the simulated cluster, side by side.
+
+``replay(ReplayConfig(...))`` reads the trace one step at a time, asks each policy for a
+dispatch plan per MoE layer, simulates the step on the topology, and collects plain
+records; the report stage turns them into CSV and plots.
+"""
+
+from macssim.replay._run import ReplayConfig, ReplayResult, replay
+
+__all__ = ["ReplayConfig", "ReplayResult", "replay"]

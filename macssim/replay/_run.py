@@ -1,0 +1,255 @@
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from macssim import __version__
+from macssim._errors import PolicyError, TopologyError
+from macssim.cluster import (
+    LayerRouting,
+    Topology,
+    assign_requests_to_gpus,
+    load_topology,
+    simulate_step,
+)
+from macssim.placement import Placement, contiguous_placement
+from macssim.policies import Policy, expert_labels_from_trace, get_policy
+from macssim.trace import MODALITIES, ModelFacts, Step, open_trace
+
+__all__ = ["ReplayConfig", "ReplayResult", "replay"]
+
+BASELINE = "token-drop"
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Everything a replay depends on; recorded verbatim in ``run.json``."""
+
+    trace: Path
+    """Trace file (format v1)."""
+    policies: tuple[str, ...]
+    """Policy names, replayed side by side on the same steps."""
+    topology: str
+    """Preset name (``8xH100``) or path to a topology YAML."""
+    capacity_factor: float = 1.0
+    """γ for every policy with a capacity."""
+    policy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Extra parameters per policy name, e.g. ``{"macs": {"rho": 1.0}}``."""
+    max_steps: int | None = None
+    """Replay only the first N steps."""
+    calibration_trace: Path | None = None
+    """Trace to calibrate MACS's expert labels on (default: the replayed trace)."""
+    seed: int = 0
+    """Seeds torch; the replay itself is deterministic."""
+    device: str = "cpu"
+    """Where the policies run (``cpu`` or ``cuda``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["trace"] = str(self.trace)
+        d["calibration_trace"] = None if self.calibration_trace is None else str(
+            self.calibration_trace)
+        d["policies"] = list(self.policies)
+        return d
+
+
+@dataclass
+class ReplayResult:
+    """Plain records of one replay; the report stage tabulates and plots them."""
+
+    config: ReplayConfig
+    model: ModelFacts
+    topology: Topology
+    trace_sha256: str
+    policies: tuple[str, ...]
+    """Policies replayed, the baseline included."""
+    layers: pd.DataFrame
+    """One row per policy × step × MoE layer."""
+    steps: pd.DataFrame
+    """One row per policy × step."""
+    phases: pd.DataFrame
+    """One row per policy × step × layer × GPU × phase: start_s, end_s."""
+    gpu_load: dict[str, np.ndarray]
+    """Policy -> [L, G] kept assignments per MoE layer and GPU, summed over steps."""
+    drops: pd.DataFrame
+    """One row per policy × modality: totals of what the plans dropped."""
+    chrome_trace: dict[str, list[dict[str, Any]]]
+    """Policy -> Perfetto/Chrome trace events of the first step."""
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def _build_policies(config: ReplayConfig) -> dict[str, Policy]:
+    names = list(dict.fromkeys(config.policies))
+    if not names:
+        raise PolicyError("no policy given; known: vanilla, token-drop, expanded-drop, macs")
+    if BASELINE not in names:
+        names.append(BASELINE)  # every figure is also reported as a ratio to token-drop
+    unknown_params = set(config.policy_params) - set(names)
+    if unknown_params:
+        raise PolicyError(f"parameters given for policies not replayed: {sorted(unknown_params)}")
+    out = {}
+    for name in names:
+        params = dict(config.policy_params.get(name, {}))
+        if name != "vanilla":
+            params.setdefault("capacity_factor", config.capacity_factor)
+        out[name] = get_policy(name, **params)
+    return out
+
+
+def _check_fit(model: ModelFacts, topology: Topology, placement: Placement, trace_path) -> None:
+    if placement.num_experts != model.num_experts:
+        raise TopologyError(f"{trace_path}: placement covers {placement.num_experts} experts, the "
+                            f"trace's model has {model.num_experts}")
+    if placement.num_gpus != topology.num_gpus:
+        raise TopologyError(f"placement is for {placement.num_gpus} GPUs, topology "
+                            f"{topology.name} has {topology.num_gpus}")
+
+
+def _tensor(a: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    return None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+
+def _plans_for_step(step: Step, model: ModelFacts, policy: Policy, placement_t: torch.Tensor,
+                    labels: np.ndarray | None, device: torch.device):
+    """Run the policy on every MoE layer of the step; yields (layer, plan)."""
+    modality = _tensor(step.modality, device)
+    for layer in range(model.num_moe_layers):
+        plan = policy(
+            _tensor(None if step.scores is None else step.scores[layer], device),
+            top_k=model.top_k, placement=placement_t, modality=modality,
+            entropy=_tensor(None if step.entropy is None else step.entropy[layer], device),
+            topk_ids=_tensor(step.topk_ids[layer], device),
+            topk_weights=_tensor(None if step.topk_weights is None else step.topk_weights[layer],
+                                 device),
+            expert_labels=None if labels is None else _tensor(labels[layer], device),
+            num_experts=model.num_experts)
+        yield layer, plan
+
+
+def replay(config: ReplayConfig,
+           progress: Callable[[int, int], None] | None = None) -> ReplayResult:
+    """Replay ``config.trace`` under each policy on ``config.topology``.
+
+    Args:
+        progress: called as ``progress(done, total)`` after each policy × step.
+    Raises:
+        MacssimError (TraceError, TopologyError, PolicyError) for bad input, before any
+        simulation when it can be known up front.
+    """
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    trace = open_trace(config.trace)
+    model = trace.model
+    topology = load_topology(config.topology)
+    placement = contiguous_placement(model.num_experts, topology.num_gpus)
+    _check_fit(model, topology, placement, config.trace)
+    policies = _build_policies(config)
+    for name, policy in policies.items():
+        if policy.needs_scores and not trace.has("scores"):
+            raise PolicyError(f"{config.trace}: policy {name} needs router scores; the trace has "
+                              f"fields {list(trace.fields)} (ids only). Use vanilla or "
+                              "token-drop with drop_policy=position")
+        if policy.needs_entropy and not trace.has("entropy"):
+            raise PolicyError(f"{config.trace}: policy {name} needs feature entropy; the trace "
+                              f"has fields {list(trace.fields)}")
+    labels = None
+    if "macs" in policies:
+        calib = open_trace(config.calibration_trace) if config.calibration_trace else trace
+        if calib.model.num_experts != model.num_experts or (
+                calib.model.num_moe_layers != model.num_moe_layers):
+            raise PolicyError(f"{calib.path}: calibration trace's model ({calib.model.name}) "
+                              f"does not match the replayed trace's ({model.name})")
+        labels = expert_labels_from_trace(calib)
+    placement_t = torch.from_numpy(placement.expert_to_gpu).to(device)
+    num_steps = trace.num_steps if config.max_steps is None else min(config.max_steps,
+                                                                      trace.num_steps)
+    total = num_steps * len(policies)
+    done = 0
+    layer_rows: list[dict[str, Any]] = []
+    step_rows: list[dict[str, Any]] = []
+    phase_rows: list[dict[str, Any]] = []
+    drop_tally: dict[tuple[str, str], dict[str, float]] = {}
+    gpu_load = {name: np.zeros((model.num_moe_layers, topology.num_gpus), dtype=np.int64)
+                for name in policies}
+    chrome: dict[str, list[dict[str, Any]]] = {}
+    for step in trace:
+        if step.index >= num_steps:
+            break
+        token_gpu = assign_requests_to_gpus(step.request_id, topology.num_gpus)
+        for name, policy in policies.items():
+            routings, per_layer_drops = [], []
+            for layer, plan in _plans_for_step(step, model, policy, placement_t, labels, device):
+                ids = plan.expert_ids.cpu().numpy()
+                kept = plan.kept.cpu().numpy()
+                routings.append(LayerRouting(expert_ids=ids, kept=kept))
+                gpu_load[name][layer] += np.bincount(placement.expert_to_gpu[ids[kept]],
+                                                     minlength=topology.num_gpus)
+                per_layer_drops.append(plan.drops)
+                _tally(drop_tally, name, plan.drops)
+            result = simulate_step(topology, model, placement, step_kind=step.kind,
+                                   token_gpu=token_gpu, position=step.position,
+                                   modality=step.modality, layers=routings)
+            base = {"policy": name, "step": step.index, "kind": step.kind,
+                    "tokens": step.num_tokens}
+            for rec, drops in zip(result.layers, per_layer_drops, strict=True):
+                row = {**base, **rec.to_dict()}
+                row.update(_drop_columns(drops))
+                layer_rows.append(row)
+            step_rows.append({**base, **result.step_record()})
+            phase_rows.extend({"policy": name, **p.to_dict()} for p in result.phases)
+            if name not in chrome:
+                chrome[name] = result.to_chrome_trace()
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    drops = pd.DataFrame([{"policy": p, "modality": m, **v}
+                          for (p, m), v in drop_tally.items()])
+    return ReplayResult(
+        config=config, model=model, topology=topology, trace_sha256=trace.sha256(),
+        policies=tuple(policies), layers=pd.DataFrame(layer_rows),
+        steps=pd.DataFrame(step_rows), phases=pd.DataFrame(phase_rows), gpu_load=gpu_load,
+        drops=drops, chrome_trace=chrome, versions=_versions())
+
+
+_DROP_FIELDS = ("assignments", "dropped_assignments", "rerouted_assignments", "gate_mass",
+                "dropped_gate_mass", "semantic_mass", "dropped_semantic_mass", "tokens",
+                "tokens_lost_all")
+
+
+def _tally(tally, policy: str, drops) -> None:
+    for modality in drops.tokens:
+        row = tally.setdefault((policy, modality), dict.fromkeys(_DROP_FIELDS, 0.0))
+        for f in _DROP_FIELDS:
+            row[f] += getattr(drops, f)[modality]
+
+
+def _drop_columns(drops) -> dict[str, float]:
+    """Per-layer drop fractions, overall and per modality present."""
+    cols = {"dropped_assignments_frac": drops.frac("assignments"),
+            "dropped_gate_mass_frac": drops.frac("gate_mass"),
+            "dropped_semantic_mass_frac": drops.frac("semantic_mass"),
+            "rerouted_assignments": drops.total("rerouted_assignments"),
+            "tokens_lost_all": drops.total("tokens_lost_all")}
+    for m in MODALITIES:
+        if m in drops.tokens:
+            cols[f"dropped_semantic_mass_frac_{m}"] = drops.frac("semantic_mass", m)
+    return cols
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import simpy
+
+    return {"macssim": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__, "simpy": simpy.__version__,
+            "pandas": pd.__version__}
+
+

@@ -1,0 +1,7 @@
+"""Reports: a replay's records as CSV, plots a person would rather look at than read, a
+Perfetto timeline, and ``run.json`` so the run can be reproduced."""
+
+from macssim.report._summary import SUMMARY_COLUMNS, summarize
+from macssim.report._write import Report, write_report
+
+__all__ = ["SUMMARY_COLUMNS", "Report", "summarize", "write_report"]

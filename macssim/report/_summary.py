@@ -1,0 +1,68 @@
+"""The per-policy summary: the numbers the terminal table, ``summary.csv`` and the plots
+share. Column names follow ``macssim/cluster/metrics.py``; a ``_vs_token_drop`` column is
+the policy's figure over token-drop's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["SUMMARY_COLUMNS", "summarize"]
+
+BASELINE = "token-drop"
+
+# column -> (how it is computed, short label for the terminal)
+SUMMARY_COLUMNS: dict[str, str] = {
+    "moe_latency_mean_s": "mean of moe_latency_s over steps × MoE layers",
+    "moe_latency_p99_s": "99th percentile of moe_latency_s over steps × MoE layers",
+    "straggler_delay_mean_s": "mean of straggler_delay_s over steps × MoE layers",
+    "straggler_share": "sum of straggler_delay_s / sum of moe_latency_s",
+    "imbalance_mean": "mean of imbalance (max/mean GPU expert work) over steps × layers",
+    "imbalance_max": "max of imbalance over steps × layers",
+    "step_latency_mean_s": "mean of step_latency_s over steps",
+    "tokens_per_s": "sum of tokens / sum of step_latency_s",
+    "moe_share": "sum of moe_latency_s / sum of step_latency_s",
+    "dropped_assignments_frac": "dropped token-expert assignments / all assignments",
+    "dropped_gate_mass_frac": "gate weight of dropped assignments / all gate weight",
+    "dropped_semantic_mass_frac": "w-weighted dropped assignments / all, w = MACS weight",
+}
+
+
+def summarize(layers: pd.DataFrame, steps: pd.DataFrame, drops: pd.DataFrame,
+              policies: tuple[str, ...]) -> pd.DataFrame:
+    """One row per policy (in ``policies`` order); drop fractions also per modality."""
+    rows = []
+    for policy in policies:
+        lay = layers[layers.policy == policy]
+        stp = steps[steps.policy == policy]
+        drp = drops[drops.policy == policy].set_index("modality")
+        moe = lay.moe_latency_s.to_numpy()
+        row = {
+            "policy": policy,
+            "moe_latency_mean_s": float(moe.mean()),
+            "moe_latency_p99_s": float(np.percentile(moe, 99)),
+            "straggler_delay_mean_s": float(lay.straggler_delay_s.mean()),
+            "straggler_share": float(lay.straggler_delay_s.sum() / moe.sum()) if moe.sum() else 0.0,
+            "imbalance_mean": float(lay.imbalance.mean()),
+            "imbalance_max": float(lay.imbalance.max()),
+            "step_latency_mean_s": float(stp.step_latency_s.mean()),
+            "tokens_per_s": float(stp.tokens.sum() / stp.step_latency_s.sum()),
+            "moe_share": float(moe.sum() / stp.step_latency_s.sum()),
+        }
+        totals = drp.sum(numeric_only=True)
+        for name in ("assignments", "gate_mass", "semantic_mass"):
+            row[f"dropped_{name}_frac"] = _frac(totals[f"dropped_{name}"], totals[name])
+            for modality, r in drp.iterrows():
+                row[f"dropped_{name}_frac_{modality}"] = _frac(r[f"dropped_{name}"], r[name])
+        row["tokens_lost_all"] = int(totals["tokens_lost_all"])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if BASELINE in set(table.policy):
+        base = table[table.policy == BASELINE].iloc[0]
+        for col in SUMMARY_COLUMNS:
+            table[f"{col}_vs_token_drop"] = table[col] / base[col] if base[col] else np.nan
+    return table
+
+
+def _frac(num: float, den: float) -> float:
+    return float(num / den) if den else 0.0
