@@ -16,6 +16,7 @@ from macssim.cluster import (
     LayerRouting,
     Topology,
     assign_requests_to_gpus,
+    chrome_trace,
     load_topology,
     simulate_step,
 )
@@ -80,8 +81,8 @@ class ReplayResult:
     """Policy -> [L, G] kept assignments per MoE layer and GPU, summed over steps."""
     drops: pd.DataFrame
     """One row per policy × modality: totals of what the plans dropped."""
-    chrome_trace: dict[str, list[dict[str, Any]]]
-    """Policy -> Perfetto/Chrome trace events of the first step."""
+    timelines: dict[str, dict[str, Any]]
+    """Policy -> Perfetto/Chrome trace document of the first step."""
     versions: dict[str, str] = field(default_factory=dict)
 
 
@@ -174,11 +175,11 @@ def replay(config: ReplayConfig,
     done = 0
     layer_rows: list[dict[str, Any]] = []
     step_rows: list[dict[str, Any]] = []
-    phase_rows: list[dict[str, Any]] = []
+    phase_frames: list[pd.DataFrame] = []
     drop_tally: dict[tuple[str, str], dict[str, float]] = {}
     gpu_load = {name: np.zeros((model.num_moe_layers, topology.num_gpus), dtype=np.int64)
                 for name in policies}
-    chrome: dict[str, list[dict[str, Any]]] = {}
+    chrome: dict[str, dict[str, Any]] = {}
     for step in trace:
         if step.index >= num_steps:
             break
@@ -195,17 +196,17 @@ def replay(config: ReplayConfig,
                 _tally(drop_tally, name, plan.drops)
             result = simulate_step(topology, model, placement, step_kind=step.kind,
                                    token_gpu=token_gpu, position=step.position,
-                                   modality=step.modality, layers=routings)
-            base = {"policy": name, "step": step.index, "kind": step.kind,
-                    "tokens": step.num_tokens}
+                                   modality=step.modality, layers=routings,
+                                   request_id=step.request_id, step_index=step.index)
+            base = {"policy": name, "kind": step.kind, "tokens": step.num_tokens}
             for rec, drops in zip(result.layers, per_layer_drops, strict=True):
-                row = {**base, **rec.to_dict()}
-                row.update(_drop_columns(drops))
-                layer_rows.append(row)
-            step_rows.append({**base, **result.step_record()})
-            phase_rows.extend({"policy": name, **p.to_dict()} for p in result.phases)
+                layer_rows.append({**base, **rec.to_dict(), **_drop_columns(drops)})
+            step_rows.append({**base, **result.to_dict()})
+            phases = result.frames()["phases"]
+            phases.insert(0, "policy", name)
+            phase_frames.append(phases)
             if name not in chrome:
-                chrome[name] = result.to_chrome_trace()
+                chrome[name] = chrome_trace([result])
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -214,8 +215,9 @@ def replay(config: ReplayConfig,
     return ReplayResult(
         config=config, model=model, topology=topology, trace_sha256=trace.sha256(),
         policies=tuple(policies), layers=pd.DataFrame(layer_rows),
-        steps=pd.DataFrame(step_rows), phases=pd.DataFrame(phase_rows), gpu_load=gpu_load,
-        drops=drops, chrome_trace=chrome, versions=_versions())
+        steps=pd.DataFrame(step_rows), phases=pd.concat(phase_frames, ignore_index=True),
+        gpu_load=gpu_load,
+        drops=drops, timelines=chrome, versions=_versions())
 
 
 _DROP_FIELDS = ("assignments", "dropped_assignments", "rerouted_assignments", "gate_mass",

@@ -28,7 +28,7 @@ class Report:
 
 def write_report(result: ReplayResult, out_dir: Path, command_line: list[str]) -> Report:
     """CSVs (phases, layers, steps, drops, summary), PNG plots, the first step's Perfetto
-    timeline per policy, and ``run.json`` (command line, config, versions, seed, trace
+    timeline per policy (``timeline-<policy>.json``, open in ui.perfetto.dev), and ``run.json`` (command line, config, versions, seed, trace
     checksum)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -43,9 +43,8 @@ def write_report(result: ReplayResult, out_dir: Path, command_line: list[str]) -
         plot_load_heatmap(result.gpu_load, tmp / "load_heatmap.png")
         plot_straggler_per_layer(result.layers, result.policies, tmp / "straggler_per_layer.png")
         plot_latency_cdf(result.layers, result.policies, tmp / "latency_cdf.png")
-        (tmp / "timeline.json").write_text(json.dumps(
-            {"traceEvents": [dict(e, pid=f"{name}: {e.get('pid', '')}")
-                             for name, events in result.chrome_trace.items() for e in events]}))
+        for name, doc in result.timelines.items():
+            (tmp / f"timeline-{name}.json").write_text(json.dumps(doc))
         run = {
             "command_line": command_line,
             "config": result.config.to_dict(),

@@ -1,0 +1,129 @@
+"""Replay and its report, end to end on a small synthetic trace."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from macssim import PolicyError, TopologyError, TraceError
+from macssim.cli import main
+from macssim.replay import ReplayConfig, replay
+from macssim.report import write_report
+
+
+def config(trace, **over):
+    values = dict(trace=trace, policies=("macs", "expanded-drop", "token-drop", "vanilla"),
+                  topology="8xH100")
+    values.update(over)
+    return ReplayConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def result(small_trace):
+    return replay(config(small_trace))
+
+
+def test_every_policy_replays_every_step_and_layer(result):
+    assert result.policies == ("macs", "expanded-drop", "token-drop", "vanilla")
+    assert len(result.layers) == 4 * 4 * 4          # policies × steps × layers
+    assert len(result.steps) == 4 * 4
+    assert set(result.phases.policy) == set(result.policies)
+
+
+def test_kept_assignments_agree_across_records(result, small_trace):
+    """The per-layer records, the GPU load heatmap and the drop tally count the same
+    kept assignments; vanilla keeps all T·k."""
+    from macssim.trace import open_trace
+
+    tokens = sum(s.num_tokens for s in open_trace(small_trace))
+    for policy in result.policies:
+        lay = result.layers[result.layers.policy == policy]
+        kept = int(lay.kept_assignments.sum())
+        assert kept == int(result.gpu_load[policy].sum())
+        drops = result.drops[result.drops.policy == policy]
+        assert kept == int(drops.assignments.sum() - drops.dropped_assignments.sum())
+        assert int(drops.assignments.sum()) == tokens * 4 * 4  # T · k · layers
+    vanilla = result.layers[result.layers.policy == "vanilla"]
+    assert (vanilla.dropped_assignments == 0).all()
+
+
+def test_replay_is_deterministic(small_trace, result):
+    again = replay(config(small_trace))
+    assert again.layers.equals(result.layers)
+    assert again.steps.equals(result.steps)
+
+
+def test_token_drop_is_always_the_baseline(small_trace):
+    res = replay(config(small_trace, policies=("vanilla",), max_steps=1))
+    assert res.policies == ("vanilla", "token-drop")
+
+
+def test_report_files_and_run_record(result, tmp_path):
+    report = write_report(result, tmp_path / "rep", command_line=["macssim", "replay"])
+    names = set(report.files)
+    for f in ("summary.csv", "layers.csv", "steps.csv", "phases.csv", "drops.csv",
+              "load_heatmap.png", "straggler_per_layer.png", "latency_cdf.png", "run.json",
+              "timeline-macs.json"):
+        assert f in names
+    run = json.loads((tmp_path / "rep" / "run.json").read_text())
+    assert run["seed"] == 0 and len(run["trace_sha256"]) == 64
+    assert run["command_line"] == ["macssim", "replay"]
+    summary = report.summary.set_index("policy")
+    assert summary.loc["token-drop", "moe_latency_mean_s_vs_token_drop"] == 1.0
+    # Ratios are what they say: the policy's figure over token-drop's.
+    ratio = summary.loc["macs", "moe_latency_mean_s"] / summary.loc["token-drop",
+                                                                   "moe_latency_mean_s"]
+    assert summary.loc["macs", "moe_latency_mean_s_vs_token_drop"] == pytest.approx(ratio)
+    timeline = json.loads((tmp_path / "rep" / "timeline-macs.json").read_text())
+    assert any(e.get("ph") == "X" for e in timeline["traceEvents"])
+
+
+def test_summary_matches_layer_records(result, tmp_path):
+    report = write_report(result, tmp_path / "rep", command_line=[])
+    summary = report.summary.set_index("policy")
+    for policy in result.policies:
+        lay = result.layers[result.layers.policy == policy]
+        assert summary.loc[policy, "straggler_delay_mean_s"] == pytest.approx(
+            lay.straggler_delay_s.mean())
+        assert summary.loc[policy, "moe_latency_p99_s"] == pytest.approx(
+            np.percentile(lay.moe_latency_s, 99))
+
+
+def test_bad_inputs_are_named(small_trace, tmp_path):
+    with pytest.raises(PolicyError, match="unknown policy 'lottery'"):
+        replay(config(small_trace, policies=("lottery",)))
+    with pytest.raises(TopologyError, match="known"):
+        replay(config(small_trace, topology="3xB200"))
+    broken = tmp_path / "broken.mtrace"
+    broken.write_bytes(small_trace.read_bytes()[:5000])
+    with pytest.raises(TraceError, match="truncated"):
+        replay(config(broken))
+
+
+def test_cli_replay_prints_table_and_writes_report(small_trace, tmp_path):
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--policy",
+                                    "macs,token-drop", "--out", str(out), "--steps", "2"])
+    assert res.exit_code == 0, res.output
+    assert "straggler" in res.output and "macs" in res.output
+    assert f"report: {out}" in res.output
+    assert (out / "summary.csv").exists()
+
+
+def test_cli_failure_leaves_no_report_directory(small_trace, tmp_path):
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--policy",
+                                    "macs,lottery", "--out", str(out)])
+    assert res.exit_code == 1
+    assert "unknown policy 'lottery'" in res.output
+    assert "Traceback" not in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_param_reaches_the_policy(small_trace, tmp_path):
+    res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--policy", "macs",
+                                    "--param", "macs.gamma=2", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "unknown parameter" in res.output
