@@ -132,8 +132,8 @@ def _gpu_expert_table(expert_gpu: torch.Tensor) -> torch.Tensor:
 
 def reroute_local(scores: torch.Tensor, expert_ids: torch.Tensor, overflow: torch.Tensor,
                   expert_gpu: torch.Tensor, load: torch.Tensor, capacity: torch.Tensor,
-                  token_size: torch.Tensor, token_priority: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  token_size: torch.Tensor, token_priority: torch.Tensor | None = None,
+                  group: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Move overflowing assignments to the token's next-best expert on the same GPU that
     still has room; whatever finds none is dropped (the fail-safe).
 
@@ -144,17 +144,22 @@ def reroute_local(scores: torch.Tensor, expert_ids: torch.Tensor, overflow: torc
     remaining room. Rejected proposals retry with the next candidate; a round in which a
     token proposes the same expert from two slots defers the later slot.
 
+    Several layers go in one call as B independent groups of rows: row r belongs to
+    layer ``group[r]``, and that layer's experts own entries ``group·E .. group·E + E − 1``
+    of ``load`` and ``capacity``.
+
     Args:
-        scores: [T, E] router probabilities.
-        expert_ids: [T, k] int64 current experts.
-        overflow: [T, k] bool, slots the first admission pass did not keep.
+        scores: [R, E] router probabilities, one row per token (per layer).
+        expert_ids: [R, k] int64 current experts.
+        overflow: [R, k] bool, slots the first admission pass did not keep.
         expert_gpu: [E] int64 GPU of each expert.
-        load: [E] float64 admitted load so far.
-        capacity: [E] float64.
-        token_size: [T] float64 load one assignment of the token adds.
-        token_priority: [T] or None, admitted first when higher (MACS: w(x)).
+        load: [B·E] float64 admitted load so far.
+        capacity: [B·E] float64.
+        token_size: [R] float64 load one assignment of the row's token adds.
+        token_priority: [R] or None, admitted first when higher (MACS: w(x)).
+        group: [R] int64 layer of each row in 0..B-1; None means one layer.
     Returns:
-        (new expert_ids [T, k], rerouted [T, k] bool).
+        (new expert_ids [R, k], rerouted [R, k] bool).
     """
     new_ids = expert_ids.clone()
     rerouted = torch.zeros_like(overflow)
@@ -194,16 +199,25 @@ def reroute_local(scores: torch.Tensor, expert_ids: torch.Tensor, overflow: torc
     slack = 1e-9 * torch.clamp(capacity, min=1.0)
     won = torch.zeros(num_tokens, dtype=torch.bool, device=scores.device)
     max_slots = expert_ids.shape[1]
+    num_groups = capacity.shape[0] // num_experts
+    if group is None:
+        group = torch.zeros(num_tokens, dtype=torch.long, device=scores.device)
+    # Room of each (layer, GPU) row of candidates: [B·G, M]; padding never fits.
+    room_index = table.clamp(min=0).unsqueeze(0) + (
+        torch.arange(num_groups, device=scores.device) * num_experts).view(-1, 1, 1)
+    room_index = room_index.reshape(num_groups * num_gpus, width)
+    pad = (table < 0).repeat(num_groups, 1)
+    room_row = group[tok] * num_gpus + gpu
     while tok.numel():
-        room = torch.where(table >= 0, (capacity - load + slack)[table.clamp(min=0)], -1.0)
-        fits = room[gpu] >= token_size[tok].unsqueeze(1)
+        room = (capacity - load + slack)[room_index].masked_fill_(pad, -1.0)
+        fits = room[room_row] >= token_size[tok].unsqueeze(1)
         best_score, best = torch.where(fits, cand_score, -1.0).max(dim=1)   # first max: lower id
         alive = best_score > 0
         if not alive.any():
             break
         if not alive.all():
-            tok, slot, gpu, row, cand_score, best_score, best = (
-                x[alive] for x in (tok, slot, gpu, row, cand_score, best_score, best))
+            tok, slot, gpu, row, room_row, cand_score, best_score, best = (
+                x[alive] for x in (tok, slot, gpu, row, room_row, cand_score, best_score, best))
         target = table[gpu, best]
         # One proposal per (token, expert) per round, from the token's lowest slot:
         # pending slots come token-major, so earlier slots of a token sit just before.
@@ -212,21 +226,23 @@ def reroute_local(scores: torch.Tensor, expert_ids: torch.Tensor, overflow: torc
             same = (tok[back:] == tok[:-back]) & (target[back:] == target[:-back])
             prop[back:] &= ~same
         prop_idx = torch.nonzero(prop, as_tuple=True)[0]
-        p_tok, p_target = tok[prop_idx], target[prop_idx]
+        p_tok = tok[prop_idx]
+        p_global = group[p_tok] * num_experts + target[prop_idx]
         priority = [best_score[prop_idx]]
         if token_priority is not None:
             priority.insert(0, token_priority[p_tok].float())
-        admitted = admit_by_priority(p_target, token_size[p_tok].double(),
+        admitted = admit_by_priority(p_global, token_size[p_tok].double(),
                                      (capacity - load).double(), priority)
         win = prop_idx[admitted]
         w_tok, w_slot, w_target = tok[win], slot[win], target[win]
         new_ids[w_tok, w_slot] = w_target
         rerouted[w_tok, w_slot] = True
         taken[row[win], column[w_target]] = True
-        load.index_add_(0, w_target, token_size[w_tok].double())
+        load.index_add_(0, p_global[admitted], token_size[w_tok].double())
         pending = torch.ones_like(tok, dtype=torch.bool)
         pending[win] = False
-        tok, slot, gpu, row, cand_score = (x[pending] for x in (tok, slot, gpu, row, cand_score))
+        tok, slot, gpu, row, room_row, cand_score = (
+            x[pending] for x in (tok, slot, gpu, row, room_row, cand_score))
         # Another slot of a winning token must not take the same expert later.
         won[w_tok] = True
         hit = torch.nonzero(won[tok], as_tuple=True)[0]
@@ -236,22 +252,9 @@ def reroute_local(scores: torch.Tensor, expert_ids: torch.Tensor, overflow: torc
     return new_ids, rerouted
 
 
-def check_inputs(scores: torch.Tensor, top_k: int, placement: torch.Tensor | None,
-                 modality: torch.Tensor | None, entropy: torch.Tensor | None,
-                 topk_ids: torch.Tensor | None, policy: str) -> None:
-    """Shapes and ranges every policy relies on; PolicyError names the argument."""
-    if scores.ndim != 2:
-        raise PolicyError(f'{policy}: "scores" must be [T, E], got shape {list(scores.shape)}')
-    num_tokens, num_experts = scores.shape
-    if not 1 <= top_k <= num_experts:
-        raise PolicyError(f'{policy}: "top_k" must be in 1..E={num_experts}, got {top_k}')
-    if placement is not None and placement.shape != (num_experts,):
-        raise PolicyError(f'{policy}: "placement" must be [E] = [{num_experts}] (expert -> GPU),'
-                          f" got shape {list(placement.shape)}")
-    for name, arr in (("modality", modality), ("entropy", entropy)):
-        if arr is not None and arr.shape != (num_tokens,):
-            raise PolicyError(f'{policy}: "{name}" must be [T] = [{num_tokens}], got shape '
-                              f"{list(arr.shape)}")
-    if topk_ids is not None and topk_ids.shape != (num_tokens, top_k):
-        raise PolicyError(f'{policy}: "topk_ids" must be [T, k] = [{num_tokens}, {top_k}], got '
-                          f"shape {list(topk_ids.shape)}")
+def check_placement(placement: torch.Tensor | None, num_experts: int, policy: str) -> None:
+    """Rerouting policies need expert -> GPU for every expert."""
+    if placement is None or tuple(placement.shape) != (num_experts,):
+        got = None if placement is None else list(placement.shape)
+        raise PolicyError(f'{policy}: "placement" must be [E] = [{num_experts}] (expert -> GPU), '
+                          f"got {got}")

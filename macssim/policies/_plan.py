@@ -51,6 +51,10 @@ class DropStats:
 class DispatchPlan:
     """Where each token's k assignments go.
 
+    A plan for one layer has [T, k] tensors; a plan for B layers at once (scores given as
+    [B, T, E]) has [B, T, k] tensors, ``capacity`` [B, E], ``semantic_weight`` [B, T] and
+    one ``DropStats`` per layer in ``drops``; ``layers()`` splits it.
+
     Attributes (T tokens, k slots, E experts):
         expert_ids: [T, k] int64, expert of each slot after rerouting (the original expert
             for dropped slots).
@@ -62,7 +66,7 @@ class DispatchPlan:
         capacity: [E] float64 or None, the capacity each expert was held to (token counts;
             semantic-weight units for MACS). None for ``vanilla``.
         semantic_weight: [T] float32, w(x) per token (1 for text).
-        drops: what the plan dropped, by modality.
+        drops: what the plan dropped, by modality (a tuple, one per layer, for B layers).
     """
 
     expert_ids: torch.Tensor
@@ -71,54 +75,88 @@ class DispatchPlan:
     rerouted: torch.Tensor
     capacity: torch.Tensor | None
     semantic_weight: torch.Tensor
-    drops: DropStats = field(repr=False)
+    drops: DropStats | tuple[DropStats, ...] = field(repr=False)
+
+    @property
+    def is_batched(self) -> bool:
+        return self.expert_ids.dim() == 3
+
+    def layers(self) -> list[DispatchPlan]:
+        """One single-layer plan per layer (views, no copies)."""
+        if not self.is_batched:
+            return [self]
+        return [DispatchPlan(self.expert_ids[b], self.weights[b], self.kept[b],
+                             self.rerouted[b],
+                             None if self.capacity is None else self.capacity[b],
+                             self.semantic_weight[b], self.drops[b])
+                for b in range(self.expert_ids.shape[0])]
 
     def expert_load(self, num_experts: int) -> torch.Tensor:
-        """[E] int64: kept assignments per expert."""
-        return torch.bincount(self.expert_ids[self.kept], minlength=num_experts)
+        """[E] int64 kept assignments per expert ([B, E] for B layers)."""
+        if not self.is_batched:
+            return torch.bincount(self.expert_ids[self.kept], minlength=num_experts)
+        b = torch.arange(self.expert_ids.shape[0], device=self.kept.device).view(-1, 1, 1)
+        flat = (b * num_experts + self.expert_ids)[self.kept]
+        return torch.bincount(flat, minlength=self.expert_ids.shape[0] * num_experts).view(
+            -1, num_experts)
+
+
+_INT_FIELDS = ("assignments", "dropped_assignments", "rerouted_assignments", "tokens",
+               "tokens_lost_all")
 
 
 def drop_stats(original_weights: torch.Tensor, kept: torch.Tensor, rerouted: torch.Tensor,
-               modality: torch.Tensor, semantic_weight: torch.Tensor) -> DropStats:
-    """Tally a plan's drops by modality.
+               modality: torch.Tensor, semantic_weight: torch.Tensor) -> list[DropStats]:
+    """Tally each layer's drops by modality, all layers in one pass.
 
     Args:
-        original_weights: [T, k] gate weights of the router's original assignments.
-        kept, rerouted: [T, k] bool.
+        original_weights: [B, T, k] gate weights of the router's original assignments.
+        kept, rerouted: [B, T, k] bool.
         modality: [T] integer codes into ``MODALITIES``.
-        semantic_weight: [T] w(x).
+        semantic_weight: [B, T] w(x).
+    Returns:
+        One ``DropStats`` per layer.
     """
-    n = len(MODALITIES)
-    mod = modality.long()
-    k = kept.shape[1]
-    slot_mod = mod.unsqueeze(1).expand(-1, k).reshape(-1)
-    dropped = ~kept.reshape(-1)
-    gw = original_weights.reshape(-1).double()
-    sw = semantic_weight.double().unsqueeze(1).expand(-1, k).reshape(-1)
+    num_mod = len(MODALITIES)
+    num_layers, num_tokens, k = kept.shape
+    layer = torch.arange(num_layers, device=kept.device).view(-1, 1)
+    tok_bin = (layer * num_mod + modality.long().view(1, -1))            # [B, T]
+    slot_bin = tok_bin.unsqueeze(2).expand(-1, -1, k)                     # [B, T, k]
+    dropped = ~kept
+    gw = original_weights.double()
+    sw = semantic_weight.double().unsqueeze(2).expand(-1, -1, k)
+    size = num_layers * num_mod
 
-    def by_mod(values: torch.Tensor | None, mask: torch.Tensor | None, idx=slot_mod):
+    def count(bins: torch.Tensor, mask: torch.Tensor | None = None,
+              values: torch.Tensor | None = None) -> torch.Tensor:
         if mask is not None:
-            idx = idx[mask]
+            bins = bins[mask]
             values = None if values is None else values[mask]
-        return torch.bincount(idx, weights=values, minlength=n).tolist()
+        else:
+            bins = bins.reshape(-1)
+            values = None if values is None else values.reshape(-1)
+        return torch.bincount(bins, weights=values, minlength=size).view(num_layers, num_mod)
 
-    lost_all = ~kept.any(dim=1)
-    stacked = {
-        "assignments": by_mod(None, None),
-        "dropped_assignments": by_mod(None, dropped),
-        "rerouted_assignments": by_mod(None, rerouted.reshape(-1)),
-        "gate_mass": by_mod(gw, None),
-        "dropped_gate_mass": by_mod(gw, dropped),
-        "semantic_mass": by_mod(sw, None),
-        "dropped_semantic_mass": by_mod(sw, dropped),
-        "tokens": by_mod(None, None, idx=mod),
-        "tokens_lost_all": by_mod(None, lost_all, idx=mod),
-    }
-    present = [i for i, c in enumerate(stacked["tokens"]) if c > 0]
-    out = {}
-    for name, values in stacked.items():
-        as_int = name in ("assignments", "dropped_assignments", "rerouted_assignments",
-                          "tokens", "tokens_lost_all")
-        out[name] = {MODALITIES[i]: (int(values[i]) if as_int else float(values[i]))
-                     for i in present}
-    return DropStats(**out)
+    table = torch.stack([
+        count(slot_bin).double(),
+        count(slot_bin, dropped).double(),
+        count(slot_bin, rerouted).double(),
+        count(slot_bin, None, gw),
+        count(slot_bin, dropped, gw),
+        count(slot_bin, None, sw),
+        count(slot_bin, dropped, sw),
+        count(tok_bin).double(),
+        count(tok_bin, ~kept.any(dim=2)).double(),
+    ]).cpu().numpy()                                                      # [9, B, M]
+    names = ("assignments", "dropped_assignments", "rerouted_assignments", "gate_mass",
+             "dropped_gate_mass", "semantic_mass", "dropped_semantic_mass", "tokens",
+             "tokens_lost_all")
+    out = []
+    for b in range(num_layers):
+        present = [m for m in range(num_mod) if table[7, b, m] > 0]
+        values = {}
+        for i, name in enumerate(names):
+            cast = int if name in _INT_FIELDS else float
+            values[name] = {MODALITIES[m]: cast(table[i, b, m]) for m in present}
+        out.append(DropStats(**values))
+    return out

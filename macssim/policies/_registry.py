@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +46,9 @@ class Policy:
 
     ``policy(scores, top_k=k, modality=..., entropy=..., placement=..., topk_ids=...,
     topk_weights=..., expert_labels=...)`` -> ``DispatchPlan``. Tensors may live on CPU
-    or CUDA; the plan lives where ``scores`` does.
+    or CUDA; the plan lives where ``scores`` does. Scores [B, T, E] (with entropy [B, T],
+    topk_ids [B, T, k], expert_labels [B, E]) plan B layers of one step in one call, as
+    ``macssim replay`` does: the same result as B calls, with far fewer kernel launches.
     """
 
     name: str
@@ -94,8 +95,8 @@ class Policy:
                               "Use vanilla or token-drop with drop_policy=position")
         if topk_ids is None or num_experts is None:
             raise PolicyError(f"{self.name}: without scores, pass topk_ids and num_experts")
-        scores = torch.zeros(topk_ids.shape[0], num_experts, device=topk_ids.device)
-        scores.scatter_(1, topk_ids.long(), 1.0 / topk_ids.shape[1])
+        scores = torch.zeros(*topk_ids.shape[:-1], num_experts, device=topk_ids.device)
+        scores.scatter_(-1, topk_ids.long(), 1.0 / topk_ids.shape[-1])
         return scores
 
 
@@ -115,13 +116,11 @@ def get_policy(name: str, **params: Any) -> Policy:
     if name == "macs":
         MacsParams(**params)  # validate now, not on the first call
     else:
-        fn = _POLICIES[name][0]
-        sig = inspect.signature(fn)
         for key, value in params.items():
-            if key in ("capacity_factor",) and not value > 0:
-                raise PolicyError(f'{name}: "{key}" must be > 0, got {value!r}')
+            if key in ("capacity_factor",) and not (isinstance(value, int | float)
+                                                    and value > 0):
+                raise PolicyError(f'{name}: "{key}" must be a number > 0, got {value!r}')
             if key == "drop_policy" and value not in ("probs", "position"):
                 raise PolicyError(f'{name}: "drop_policy" must be probs or position, got '
                                   f"{value!r}")
-        del sig
     return Policy(name=name, params=dict(params))

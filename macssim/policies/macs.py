@@ -6,7 +6,8 @@ three functions, then the policy that chains them.
 3. ``semantic_reroute``  — admission heaviest-first, local semantic rerouting, fail-safe drop.
 
 The paper does not publish δ, ρ, ε, the minimum capacity or the label thresholds; the
-defaults below are ours (``docs/policies.md`` shows the sensitivity).
+defaults below are ours (``docs/policies.md`` says why, and shows the sensitivity).
+Every function takes one layer or B layers at once (a leading B dimension).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import torch
 from macssim._errors import PolicyError
 from macssim.policies._capacity import (
     admit_by_priority,
-    check_inputs,
+    check_placement,
     megatron_capacity,
     reroute_local,
 )
-from macssim.policies._common import finish_plan, router_choice, visual_mask
+from macssim.policies._common import LayerBatch, finish_plan, layer_batch, visual_mask
 from macssim.policies._plan import DispatchPlan
 
 __all__ = ["MacsParams", "entropy_weights", "macs", "modality_capacity", "semantic_reroute"]
@@ -53,27 +54,32 @@ class MacsParams:
 
 
 def entropy_weights(modality: torch.Tensor, entropy: torch.Tensor | None, delta: float,
-                    eps: float = 1e-6) -> torch.Tensor:
+                    eps: float = 1e-6, *, num_layers: int | None = None) -> torch.Tensor:
     """Step 1. w(x) = sigmoid(−δ · H̃(x)) for visual tokens, H̃ = (H − μ)/(σ + ε) with μ, σ
-    (population) over the batch's visual tokens; w = 1 for every other token.
+    (population) over the layer's visual tokens; w = 1 for every other token.
 
     High feature entropy marks a redundant patch (flat background): it weighs little.
 
     Args:
-        modality: [T] codes; entropy: [T] nats, or None (then every token weighs 1).
+        modality: [T] codes; entropy: [T] or [B, T] nats, or None (every token weighs 1).
+        num_layers: B when ``entropy`` is None and a [B, T] result is wanted.
     Returns:
-        [T] float32.
+        float32 shaped like ``entropy`` ([T], or [B, T] with ``num_layers``, when None).
     """
-    w = torch.ones(modality.shape[0], dtype=torch.float32, device=modality.device)
+    num_tokens = modality.shape[0]
     if entropy is None:
-        return w
+        shape = (num_tokens,) if num_layers is None else (num_layers, num_tokens)
+        return torch.ones(shape, dtype=torch.float32, device=modality.device)
+    single = entropy.dim() == 1
+    h_all = entropy.reshape(-1, num_tokens)
+    w = torch.ones(h_all.shape, dtype=torch.float32, device=modality.device)
     vis = visual_mask(modality)
-    if not bool(vis.any()):
-        return w
-    h = entropy[vis].double()
-    z = (h - h.mean()) / (h.std(unbiased=False) + eps)
-    w[vis] = torch.sigmoid(-delta * z).float()
-    return w
+    if bool(vis.any()):
+        h = h_all[:, vis].double()
+        mu = h.mean(dim=1, keepdim=True)
+        sigma = h.std(dim=1, unbiased=False, keepdim=True)
+        w[:, vis] = torch.sigmoid(-delta * (h - mu) / (sigma + eps)).float()
+    return w[0] if single else w
 
 
 def modality_capacity(weights: torch.Tensor, modality: torch.Tensor,
@@ -86,43 +92,50 @@ def modality_capacity(weights: torch.Tensor, modality: torch.Tensor,
     and every C_j = C_base: MACS then equals entropy-weighted Expanded Drop, and exactly
     Expanded Drop on text.
 
+    Args:
+        weights: [T] or [B, T] w(x); modality: [T]; expert_labels: [E] or [B, E].
     Returns:
-        [E] float64 capacities in semantic-weight units.
+        [E] or [B, E] float64 capacities in semantic-weight units.
     """
-    num_tokens = weights.shape[0]
+    single = weights.dim() == 1
+    w = weights.reshape(-1, weights.shape[-1]).double()
+    num_tokens = w.shape[1]
     base = float(megatron_capacity(num_tokens, top_k, num_experts, params.capacity_factor))
-    cap = torch.full((num_experts,), base, dtype=torch.float64, device=weights.device)
-    total = weights.double().sum()
-    if num_tokens == 0 or total <= 0:
-        return cap
-    r_v = weights.double()[visual_mask(modality)].sum() / total
-    if 0.0 < float(r_v) < 1.0:
-        cap = cap * (1.0 + params.rho * expert_labels.double() * (r_v - 0.5))
-    return torch.clamp(cap, min=params.min_capacity)
+    labels = expert_labels.reshape(-1, num_experts).double()
+    total = w.sum(dim=1, keepdim=True)
+    r_v = w[:, visual_mask(modality)].sum(dim=1, keepdim=True) / total.clamp(min=1e-300)
+    mixed = (r_v > 0) & (r_v < 1)
+    scale = torch.where(mixed, 1.0 + params.rho * labels * (r_v - 0.5), torch.ones_like(labels))
+    cap = torch.clamp(base * scale, min=params.min_capacity)
+    return cap[0] if single else cap
 
 
-def semantic_reroute(scores: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
-                     capacity: torch.Tensor, expert_gpu: torch.Tensor
+def semantic_reroute(b: LayerBatch, weights: torch.Tensor, capacity: torch.Tensor,
+                     expert_gpu: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step 3. Each expert admits its assignments heaviest w first (then by router score,
     then token order) while its weighted load L̃_j = Σ w stays within C_j; the overflow
     goes, again heaviest first, to the token's next-best expert on the same GPU with
     weighted room; what finds none is dropped.
 
+    Args:
+        b: the layers in row layout; weights: [B, T] w(x); capacity: [B, E].
     Returns:
-        (expert_ids [T, k], kept [T, k], rerouted [T, k]).
+        (expert_ids [R, k], kept [R, k], rerouted [R, k]).
     """
-    num_tokens, k = ids.shape
-    flat_ids = ids.reshape(-1)
-    token = torch.arange(num_tokens, device=ids.device).repeat_interleave(k)
-    size = weights.double()[token]
-    admitted = admit_by_priority(flat_ids, size, capacity,
-                                 [weights[token], torch.gather(scores, 1, ids).reshape(-1)])
-    admitted = admitted.reshape(num_tokens, k)
-    load = torch.zeros_like(capacity).index_add_(0, ids[admitted], weights.double()[
-        token.reshape(num_tokens, k)[admitted]])
-    new_ids, rerouted = reroute_local(scores, ids, ~admitted, expert_gpu, load, capacity,
-                                      weights.double(), token_priority=weights)
+    w_row = weights.reshape(-1)                                          # [R]
+    k = b.top_k
+    global_ids = b.group.unsqueeze(1) * b.num_experts + b.ids            # [R, k]
+    size = w_row.double().repeat_interleave(k)
+    cap = capacity.reshape(-1)
+    admitted = admit_by_priority(global_ids.reshape(-1), size, cap,
+                                 [w_row.repeat_interleave(k),
+                                  torch.gather(b.scores, 1, b.ids).reshape(-1)])
+    admitted = admitted.view_as(b.ids)
+    load = torch.zeros_like(cap).index_add_(
+        0, global_ids[admitted], w_row.double().unsqueeze(1).expand_as(b.ids)[admitted])
+    new_ids, rerouted = reroute_local(b.scores, b.ids, ~admitted, expert_gpu, load, cap,
+                                      w_row.double(), token_priority=w_row, group=b.group)
     return new_ids, admitted | rerouted, rerouted
 
 
@@ -131,28 +144,29 @@ def macs(scores: torch.Tensor, *, top_k: int, placement: torch.Tensor,
          expert_labels: torch.Tensor | None = None, topk_ids: torch.Tensor | None = None,
          topk_weights: torch.Tensor | None = None, params: MacsParams = MacsParams()
          ) -> DispatchPlan:
-    """MACS on one MoE layer's batch.
+    """MACS on one MoE layer's batch ([T, E]) or B layers at once ([B, T, E]).
 
     Args:
-        scores: [T, E] router probabilities; top_k: k.
+        scores: router probabilities; top_k: k.
         placement: [E] int64 expert -> GPU (rerouting stays on the GPU).
-        modality: [T] codes; entropy: [T] feature entropy (nats), required.
-        expert_labels: [E] in {+1 visual, −1 text, 0 shared} from
+        modality: [T] codes; entropy: [T] ([B, T]) feature entropy (nats), required.
+        expert_labels: [E] ([B, E]) in {+1 visual, −1 text, 0 shared} from
             ``calibrate_expert_labels``; None labels every expert shared (no step 2).
     """
-    check_inputs(scores, top_k, placement, modality, entropy, topk_ids, "macs")
     if entropy is None:
         raise PolicyError("macs: needs per-token feature entropy; this trace has no "
                           '"entropy" field (id-only sources such as vLLM/SGLang imports lack '
                           "it): use token-drop or expanded-drop")
-    num_experts = scores.shape[1]
+    b = layer_batch(scores, top_k, modality=modality, entropy=entropy, topk_ids=topk_ids,
+                    topk_weights=topk_weights, policy="macs")
+    check_placement(placement, b.num_experts, "macs")
     if expert_labels is None:
-        expert_labels = torch.zeros(num_experts, dtype=torch.long, device=scores.device)
-    elif expert_labels.shape != (num_experts,):
-        raise PolicyError(f'macs: "expert_labels" must be [E] = [{num_experts}], got '
-                          f"{list(expert_labels.shape)}")
-    ids, gate = router_choice(scores, top_k, topk_ids, topk_weights)
-    w = entropy_weights(modality, entropy, params.delta, params.eps)
-    cap = modality_capacity(w, modality, expert_labels, num_experts, top_k, params)
-    new_ids, kept, rerouted = semantic_reroute(scores, ids, w, cap, placement.long())
-    return finish_plan(scores, ids, gate, new_ids, kept, rerouted, cap, modality, w)
+        expert_labels = torch.zeros(b.num_experts, dtype=torch.long, device=b.scores.device)
+    elif expert_labels.shape[-1] != b.num_experts or expert_labels.dim() > 1 + b.batched:
+        raise PolicyError(f'macs: "expert_labels" must be [E] = [{b.num_experts}] (or [B, E]), '
+                          f"got {list(expert_labels.shape)}")
+    w = entropy_weights(b.modality, b.entropy, params.delta, params.eps)     # [B, T]
+    cap = modality_capacity(w, b.modality, expert_labels.to(b.scores.device), b.num_experts,
+                            top_k, params).reshape(b.num_layers, b.num_experts)
+    new_ids, kept, rerouted = semantic_reroute(b, w, cap, placement.long().to(b.scores.device))
+    return finish_plan(b, new_ids, kept, rerouted, cap, w)

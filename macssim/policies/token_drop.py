@@ -10,8 +10,8 @@ from typing import Literal
 import torch
 
 from macssim._errors import PolicyError
-from macssim.policies._capacity import admit_by_priority, check_inputs, megatron_capacity
-from macssim.policies._common import finish_plan, router_choice
+from macssim.policies._capacity import admit_by_priority, megatron_capacity
+from macssim.policies._common import LayerBatch, finish_plan, layer_batch
 from macssim.policies._plan import DispatchPlan
 from macssim.policies.macs import entropy_weights
 
@@ -20,9 +20,9 @@ __all__ = ["token_drop", "keep_within_capacity"]
 DropPolicy = Literal["probs", "position"]
 
 
-def keep_within_capacity(scores: torch.Tensor, ids: torch.Tensor, capacity: int,
+def keep_within_capacity(b: LayerBatch, capacity: int,
                          drop_policy: DropPolicy = "probs") -> torch.Tensor:
-    """[T, k] bool: the assignments each expert keeps under capacity C.
+    """[R, k] bool: the assignments each expert of each layer keeps under capacity C.
 
     ``probs`` ranks an expert's assignments by the router score (the probability before
     any top-k renormalisation), ties to the earlier token; ``position`` by token order.
@@ -30,13 +30,12 @@ def keep_within_capacity(scores: torch.Tensor, ids: torch.Tensor, capacity: int,
     if drop_policy not in ("probs", "position"):
         raise PolicyError(f'token-drop: "drop_policy" must be probs or position, got '
                           f"{drop_policy!r}")
-    num_tokens, k = ids.shape
-    num_experts = scores.shape[1]
-    flat = ids.reshape(-1)
-    size = torch.ones(flat.shape[0], dtype=torch.float64, device=ids.device)
-    cap = torch.full((num_experts,), float(capacity), dtype=torch.float64, device=ids.device)
-    priority = [torch.gather(scores, 1, ids).reshape(-1)] if drop_policy == "probs" else []
-    return admit_by_priority(flat, size, cap, priority).reshape(num_tokens, k)
+    flat = (b.group.unsqueeze(1) * b.num_experts + b.ids).reshape(-1)
+    size = torch.ones(flat.shape[0], dtype=torch.float64, device=flat.device)
+    cap = torch.full((b.num_layers * b.num_experts,), float(capacity), dtype=torch.float64,
+                     device=flat.device)
+    priority = [torch.gather(b.scores, 1, b.ids).reshape(-1)] if drop_policy == "probs" else []
+    return admit_by_priority(flat, size, cap, priority).view_as(b.ids)
 
 
 def token_drop(scores: torch.Tensor, *, top_k: int, capacity_factor: float = 1.0,
@@ -44,20 +43,19 @@ def token_drop(scores: torch.Tensor, *, top_k: int, capacity_factor: float = 1.0
                entropy: torch.Tensor | None = None, topk_ids: torch.Tensor | None = None,
                topk_weights: torch.Tensor | None = None, delta: float = 1.0, **_unused
                ) -> DispatchPlan:
-    """Token Drop on one MoE layer's batch.
+    """Token Drop on one MoE layer's batch ([T, E]) or B layers at once ([B, T, E]).
 
     Args:
-        scores: [T, E] router probabilities; top_k: k; capacity_factor: γ > 0.
-        modality, entropy: [T], only to report semantic mass (w with ``delta``).
+        scores: router probabilities; top_k: k; capacity_factor: γ > 0.
+        modality, entropy: only to report semantic mass (w with ``delta``).
     """
-    check_inputs(scores, top_k, None, modality, entropy, topk_ids, "token-drop")
     if not capacity_factor > 0:
         raise PolicyError(f'token-drop: "capacity_factor" must be > 0, got {capacity_factor!r}')
-    ids, gate = router_choice(scores, top_k, topk_ids, topk_weights)
-    num_tokens, num_experts = scores.shape
-    capacity = megatron_capacity(num_tokens, top_k, num_experts, capacity_factor)
-    kept = keep_within_capacity(scores, ids, capacity, drop_policy)
-    w = (entropy_weights(modality, entropy, delta) if modality is not None
-         else torch.ones(num_tokens, device=scores.device))
-    cap = torch.full((num_experts,), float(capacity), dtype=torch.float64, device=scores.device)
-    return finish_plan(scores, ids, gate, ids, kept, torch.zeros_like(kept), cap, modality, w)
+    b = layer_batch(scores, top_k, modality=modality, entropy=entropy, topk_ids=topk_ids,
+                    topk_weights=topk_weights, policy="token-drop")
+    capacity = megatron_capacity(b.num_tokens, top_k, b.num_experts, capacity_factor)
+    kept = keep_within_capacity(b, capacity, drop_policy)
+    w = entropy_weights(b.modality, b.entropy, delta, num_layers=b.num_layers)
+    cap = torch.full((b.num_layers, b.num_experts), float(capacity), dtype=torch.float64,
+                     device=kept.device)
+    return finish_plan(b, b.ids, kept, torch.zeros_like(kept), cap, w)

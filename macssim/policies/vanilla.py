@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from macssim.policies._capacity import check_inputs
-from macssim.policies._common import finish_plan, router_choice
-from macssim.policies.macs import entropy_weights
+from macssim.policies._common import finish_plan, layer_batch
 from macssim.policies._plan import DispatchPlan
+from macssim.policies.macs import entropy_weights
 
 __all__ = ["vanilla"]
 
@@ -19,12 +18,11 @@ def vanilla(scores: torch.Tensor, *, top_k: int, modality: torch.Tensor | None =
     """Keep every one of the router's k choices.
 
     Args:
-        scores: [T, E] router probabilities; top_k: k.
-        modality, entropy: [T], only to report semantic mass (w with ``delta``).
+        scores: [T, E] router probabilities ([B, T, E] for B layers at once); top_k: k.
+        modality, entropy: [T] and [T] ([B, T]), only to report semantic mass (w, ``delta``).
     """
-    check_inputs(scores, top_k, None, modality, entropy, topk_ids, "vanilla")
-    ids, gate = router_choice(scores, top_k, topk_ids, topk_weights)
-    kept = torch.ones_like(ids, dtype=torch.bool)
-    w = (entropy_weights(modality, entropy, delta) if modality is not None
-         else torch.ones(scores.shape[0], device=scores.device))
-    return finish_plan(scores, ids, gate, ids, kept, torch.zeros_like(kept), None, modality, w)
+    b = layer_batch(scores, top_k, modality=modality, entropy=entropy, topk_ids=topk_ids,
+                    topk_weights=topk_weights, policy="vanilla")
+    kept = torch.ones_like(b.ids, dtype=torch.bool)
+    w = entropy_weights(b.modality, b.entropy, delta, num_layers=b.num_layers)
+    return finish_plan(b, b.ids, kept, torch.zeros_like(kept), None, w)

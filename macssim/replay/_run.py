@@ -119,19 +119,13 @@ def _tensor(a: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
 
 def _plans_for_step(step: Step, model: ModelFacts, policy: Policy, placement_t: torch.Tensor,
                     labels: np.ndarray | None, device: torch.device):
-    """Run the policy on every MoE layer of the step; yields (layer, plan)."""
-    modality = _tensor(step.modality, device)
-    for layer in range(model.num_moe_layers):
-        plan = policy(
-            _tensor(None if step.scores is None else step.scores[layer], device),
-            top_k=model.top_k, placement=placement_t, modality=modality,
-            entropy=_tensor(None if step.entropy is None else step.entropy[layer], device),
-            topk_ids=_tensor(step.topk_ids[layer], device),
-            topk_weights=_tensor(None if step.topk_weights is None else step.topk_weights[layer],
-                                 device),
-            expert_labels=None if labels is None else _tensor(labels[layer], device),
-            num_experts=model.num_experts)
-        yield layer, plan
+    """The policy's plan for every MoE layer of the step, all layers in one call."""
+    plan = policy(
+        _tensor(step.scores, device), top_k=model.top_k, placement=placement_t,
+        modality=_tensor(step.modality, device), entropy=_tensor(step.entropy, device),
+        topk_ids=_tensor(step.topk_ids, device), topk_weights=_tensor(step.topk_weights, device),
+        expert_labels=_tensor(labels, device), num_experts=model.num_experts)
+    return plan.layers()
 
 
 def replay(config: ReplayConfig,
@@ -186,7 +180,8 @@ def replay(config: ReplayConfig,
         token_gpu = assign_requests_to_gpus(step.request_id, topology.num_gpus)
         for name, policy in policies.items():
             routings, per_layer_drops = [], []
-            for layer, plan in _plans_for_step(step, model, policy, placement_t, labels, device):
+            for layer, plan in enumerate(_plans_for_step(step, model, policy, placement_t,
+                                                         labels, device)):
                 ids = plan.expert_ids.cpu().numpy()
                 kept = plan.kept.cpu().numpy()
                 routings.append(LayerRouting(expert_ids=ids, kept=kept))

@@ -164,3 +164,28 @@ def test_deterministic_and_sized(name, T):
     assert a.expert_ids.shape == (T, k) and a.expert_ids.dtype == torch.long
     assert a.kept.dtype == torch.bool and a.weights.shape == (T, k)
     assert torch.equal(a.expert_ids, b.expert_ids) and torch.equal(a.kept, b.kept)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "token-drop", "expanded-drop", "macs"])
+def test_b_layers_in_one_call_equal_b_calls(name):
+    """Batching layers is an optimisation only: same plans, same drop tallies."""
+    g = torch.Generator().manual_seed(7)
+    B, T, E, k = 3, 200, 16, 4
+    scores = torch.softmax(torch.randn(B, T, E, generator=g) * 2 + torch.randn(B, 1, E,
+                                                                             generator=g), -1)
+    modality = torch.randint(0, 3, (T,), generator=g, dtype=torch.uint8)
+    entropy = torch.rand(B, T, generator=g) * 2 + 4
+    labels = torch.randint(-1, 2, (B, E), generator=g)
+    placement = torch.arange(E) // 4
+    policy = get_policy(name, **({} if name == "vanilla" else {"capacity_factor": 0.8}))
+    batched = policy(scores, top_k=k, modality=modality, entropy=entropy, placement=placement,
+                     expert_labels=labels)
+    for b, plan in enumerate(batched.layers()):
+        single = policy(scores[b], top_k=k, modality=modality, entropy=entropy[b],
+                        placement=placement, expert_labels=labels[b])
+        assert torch.equal(plan.expert_ids, single.expert_ids)
+        assert torch.equal(plan.kept, single.kept)
+        assert torch.equal(plan.rerouted, single.rerouted)
+        assert plan.drops == single.drops
+        if single.capacity is not None:
+            assert torch.equal(plan.capacity, single.capacity)
