@@ -28,8 +28,8 @@ class Report:
 
 def write_report(result: ReplayResult, out_dir: Path, command_line: list[str]) -> Report:
     """CSVs (phases, layers, steps, drops, summary), PNG plots, the first step's Perfetto
-    timeline per policy (``timeline-<policy>.json``, open in ui.perfetto.dev), and ``run.json`` (command line, config, versions, seed, trace
-    checksum)."""
+    timeline per policy (``timeline-<policy>.json``, open in ui.perfetto.dev), and
+    ``run.json`` (command line, config, versions, seed, trace checksum)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

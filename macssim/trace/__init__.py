@@ -14,17 +14,38 @@ from macssim.trace._format import (
     write_trace,
 )
 from macssim.trace._model import ExpertSet, ModelFacts, get_model_preset, list_model_presets
+from macssim.trace._routing_model import RoutingKnobs
+from macssim.trace._scenario import (
+    RequestKind,
+    Scenario,
+    get_scenario,
+    list_scenarios,
+    load_scenario,
+)
+from macssim.trace._summary import TraceSummary, summarize_trace
+from macssim.trace._synth import SynthSummary, synthesize, synthetic_steps
 
 __all__ = [
     "FORMAT_VERSION",
     "MODALITIES",
     "ExpertSet",
     "ModelFacts",
+    "RequestKind",
+    "RoutingKnobs",
+    "Scenario",
     "Step",
+    "SynthSummary",
     "Trace",
+    "TraceSummary",
     "TraceWriter",
     "get_model_preset",
+    "get_scenario",
     "list_model_presets",
+    "list_scenarios",
+    "load_scenario",
     "open_trace",
+    "summarize_trace",
+    "synthesize",
+    "synthetic_steps",
     "write_trace",
 ]

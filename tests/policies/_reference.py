@@ -28,7 +28,7 @@ def weights_ref(modality, entropy, delta, eps=1e-6):
     h = np.array([float(entropy[i]) for i in vis], dtype=np.float64)
     mu = h.mean()
     sigma = math.sqrt(((h - mu) ** 2).mean())
-    for i, hi in zip(vis, h):
+    for i, hi in zip(vis, h, strict=True):
         w[i] = 1.0 / (1.0 + math.exp(delta * (hi - mu) / (sigma + eps)))
     w = w.astype(np.float32).astype(np.float64)  # the policies carry w in float32
     return w

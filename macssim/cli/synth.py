@@ -1,0 +1,114 @@
+"""``macssim synth``: write a synthetic routing trace (no GPU, no weights needed)."""
+
+from __future__ import annotations
+
+import click
+
+from macssim._errors import MacssimError
+
+__all__ = ["command"]
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _print_scenarios() -> None:
+    from macssim.trace import get_scenario, list_scenarios
+
+    rows = [("scenario", "batch", "decode", "prompt tok", "visual", "description")]
+    for name in list_scenarios():
+        s = get_scenario(name)
+        rows.append((name, str(s.batch_size), str(s.decode_steps),
+                     f"{s.mean_prompt_tokens():,.0f}", f"{s.visual_share():.0%}",
+                     s.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True))
+                   + "  " + row[5])
+    click.echo("\nbatch: requests per prefill; decode: decode steps per batch; prompt tok: "
+               "mean prompt tokens per request; visual: image+video share of prompt tokens")
+
+
+def _print_summary(summary) -> None:
+    imb = summary.expert_imbalance
+    rows = [
+        ("model", summary.model),
+        ("scenario", f"{summary.scenario} (seed {summary.seed})"),
+        ("steps", f"{summary.num_steps} ({summary.prefill_steps} prefill, "
+                  f"{summary.decode_steps} decode)"),
+        ("requests", f"{summary.num_requests}"),
+        ("tokens", f"{summary.num_tokens:,}"),
+    ]
+    rows += [(f"  {name}", f"{n:,}") for name, n in summary.tokens_by_modality.items() if n]
+    rows += [
+        ("expert load max/mean", f"mean over layers {sum(imb) / len(imb):.2f}, "
+                                 f"worst layer {max(imb):.2f} "
+                                 f"(layer {imb.index(max(imb))})"),
+        ("file size", _human_bytes(summary.file_bytes)),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for key, value in rows:
+        click.echo(f"{key.ljust(width)}  {value}")
+    click.echo(f"wrote {summary.path}")
+
+
+@click.command("synth", context_settings={"max_content_width": 100})
+@click.option("--model", "model", default="qwen3-vl-30b-a3b", show_default=True,
+              help="Model preset whose shape the trace takes (layers, experts, top-k).")
+@click.option("--scenario", default="docvqa", show_default=True,
+              help="Traffic scenario: a bundled name (see --list-scenarios) or a path to a "
+                   "scenario YAML file.")
+@click.option("--steps", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Forward steps in all (prefill and decode steps together).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed; the same command and seed give a byte-identical file.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Trace file to write [default: <scenario>-seed<seed>.mtrace].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Override the scenario's requests per prefill batch.")
+@click.option("--decode-steps", type=click.IntRange(min=0), default=None,
+              help="Override the scenario's decode steps after each prefill (tokens).")
+@click.option("--compress/--no-compress", default=False, show_default=True,
+              help="zlib-compress each step (smaller file, slower to write and read).")
+@click.option("--list-scenarios", is_flag=True,
+              help="List the bundled scenarios and exit.")
+def command(model: str, scenario: str, steps: int, seed: int, out: str | None,
+            batch_size: int | None, decode_steps: int | None, compress: bool,
+            list_scenarios: bool) -> None:
+    """Write a synthetic routing trace: realistic expert choices, router scores and
+    feature entropies for a scenario's traffic, without a GPU or model weights.
+
+    \b
+    Steps: a prefill step holds every prompt token of one batch of requests, then each
+    decode step one text token per request; then a new batch begins. The routing model
+    and its calibration (expert popularity, modality groups, redundant visual tokens,
+    router sharpness) are described in docs/synthetic.md.
+
+    \b
+    Example:
+      macssim synth --model qwen3-vl-30b-a3b --scenario docvqa --steps 64 --seed 0 \\
+          --out docvqa.mtrace
+    """
+    from tqdm import tqdm
+
+    from macssim.trace import get_scenario, synthesize
+
+    try:
+        if list_scenarios:
+            _print_scenarios()
+            return
+        spec = get_scenario(scenario).with_overrides(batch_size=batch_size,
+                                                     decode_steps=decode_steps)
+        path = out or f"{spec.name}-seed{seed}.mtrace"
+        with tqdm(total=steps, unit="step", desc="synth", leave=False) as bar:
+            summary = synthesize(path, model=model, scenario=spec, num_steps=steps,
+                                 seed=seed, compress=compress,
+                                 on_step=lambda step: bar.update(1))
+    except MacssimError as e:
+        raise click.ClickException(str(e)) from e
+    _print_summary(summary)

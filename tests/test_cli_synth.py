@@ -1,0 +1,93 @@
+"""``macssim synth`` through click's CliRunner: it writes a trace that ``open_trace``
+reads, prints its summary, and turns bad names into one ``Error:`` line."""
+
+from __future__ import annotations
+
+import numpy as np
+from click.testing import CliRunner
+
+from macssim.cli import main
+from macssim.trace import list_scenarios, open_trace
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, ["synth", *args])
+
+
+def test_synth_writes_a_readable_trace(tmp_path) -> None:
+    out = tmp_path / "t.mtrace"
+    result = _run("--model", "qwen3-vl-30b-a3b", "--scenario", "chartqa", "--steps", "3",
+                  "--seed", "1", "--batch-size", "1", "--decode-steps", "2", "--out", str(out),
+                  "--compress")
+    assert result.exit_code == 0, result.output
+    trace = open_trace(out)
+    steps = list(trace)
+    assert [s.kind for s in steps] == ["prefill", "decode", "decode"]
+    assert trace.provenance["scenario_settings"]["batch_size"] == 1
+    assert trace.provenance["scenario_settings"]["decode_steps"] == 2
+    tokens = sum(s.num_tokens for s in steps)
+    image = sum(int((s.modality == 1).sum()) for s in steps)
+    assert f"{tokens:,}" in result.output and f"{image:,}" in result.output
+    assert "3 (1 prefill, 2 decode)" in result.output
+    assert "expert load max/mean" in result.output
+    assert result.output.rstrip().endswith(f"wrote {out}")
+    counts = np.zeros((48, 128))
+    for s in steps:
+        for layer in range(48):
+            counts[layer] += np.bincount(s.topk_ids[layer].ravel(), minlength=128)
+    worst = (counts.max(axis=1) / counts.mean(axis=1)).max()
+    assert f"worst layer {worst:.2f}" in result.output
+
+
+def test_same_command_same_bytes(tmp_path) -> None:
+    args = ["--scenario", "chat", "--steps", "2", "--batch-size", "1", "--seed", "7"]
+    a, b = tmp_path / "a.mtrace", tmp_path / "b.mtrace"
+    assert _run(*args, "--out", str(a)).exit_code == 0
+    assert _run(*args, "--out", str(b)).exit_code == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_list_scenarios() -> None:
+    result = _run("--list-scenarios")
+    assert result.exit_code == 0
+    for name in list_scenarios():
+        assert f"\n{name} " in "\n" + result.output
+
+
+def test_unknown_names_fail_with_known_ones(tmp_path) -> None:
+    result = _run("--scenario", "ocr", "--out", str(tmp_path / "x.mtrace"))
+    assert result.exit_code == 1
+    assert result.output.strip() == ("Error: unknown scenario 'ocr'; known: "
+                                     + ", ".join(list_scenarios()))
+    result = _run("--model", "nope", "--steps", "1", "--out", str(tmp_path / "x.mtrace"))
+    assert result.exit_code == 1
+    assert "Error: unknown model preset 'nope'; known: " in result.output
+    assert "qwen3-vl-30b-a3b" in result.output
+    assert not (tmp_path / "x.mtrace").exists()
+
+
+def test_bad_numbers_are_refused_by_click() -> None:
+    result = _run("--steps", "0")
+    assert result.exit_code == 2 and "--steps" in result.output
+
+
+def test_help_teaches() -> None:
+    result = _run("--help")
+    assert result.exit_code == 0
+    for words in ("--scenario", "--steps", "--seed", "--compress / --no-compress",
+                  "--list-scenarios", "byte-identical", "default: 64", "docs/synthetic.md"):
+        assert words in result.output
+
+
+def test_default_trace_is_what_its_documented_command_makes(tmp_path) -> None:
+    """traces/default.md records the command that made traces/default.mtrace; running it
+    again must give the same bytes (a golden file: it changes only with the generator)."""
+    from macssim._resources import DEFAULT_TRACE, TRACES_DIR
+
+    args = ["--model", "qwen3-vl-30b-a3b", "--scenario", "chartqa", "--batch-size", "1",
+            "--decode-steps", "7", "--steps", "8", "--seed", "13", "--compress"]
+    doc = " ".join((TRACES_DIR / "default.md").read_text().replace("\\\n", " ").split())
+    assert "macssim synth " + " ".join(args) + " --out traces/default.mtrace" in doc
+    out = tmp_path / "default.mtrace"
+    assert _run(*args, "--out", str(out)).exit_code == 0
+    assert out.read_bytes() == DEFAULT_TRACE.read_bytes()
