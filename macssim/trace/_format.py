@@ -248,20 +248,25 @@ class TraceWriter:
         arrays, chunks, offset = [], [], 0
         for name, arr in step.arrays().items():
             data = np.ascontiguousarray(arr, dtype=_disk_dtype(name, arr, self._model))
-            raw = data.tobytes()
             arrays.append({"name": name, "dtype": data.dtype.str, "shape": list(data.shape),
-                           "offset": offset, "nbytes": len(raw)})
-            chunks.append(raw)
-            offset += len(raw)
-        payload = b"".join(chunks)
-        stored = zlib.compress(payload, 1) if self._compress else payload
+                           "offset": offset, "nbytes": data.nbytes})
+            chunks.append(memoryview(data).cast("B"))  # no copy
+            offset += data.nbytes
+        if self._compress:
+            packer = zlib.compressobj(1)
+            chunks = [b"".join([packer.compress(c) for c in chunks] + [packer.flush()])]
+        stored_bytes, crc = 0, 0
+        for chunk in chunks:
+            crc = zlib.crc32(chunk, crc)
+            stored_bytes += len(chunk)
         meta = {"step": len(self._offsets), "kind": step.kind, "num_tokens": step.num_tokens,
-                "arrays": arrays, "payload_bytes": len(payload), "stored_bytes": len(stored),
-                "compression": "zlib" if self._compress else "none",
-                "crc32": zlib.crc32(stored)}
+                "arrays": arrays, "payload_bytes": offset, "stored_bytes": stored_bytes,
+                "compression": "zlib" if self._compress else "none", "crc32": crc}
         blob = json.dumps(meta, sort_keys=True).encode()
         self._offsets.append(self._fh.tell())
-        self._fh.write(STEP_TAG + struct.pack("<I", len(blob)) + blob + stored)
+        self._fh.write(STEP_TAG + struct.pack("<I", len(blob)) + blob)
+        for chunk in chunks:
+            self._fh.write(chunk)
         self._tokens += step.num_tokens
 
     def close(self) -> Path:
