@@ -67,9 +67,13 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed, recorded in run.json.")
 @click.option("--device", default="cpu", show_default=True,
               help="Where the policies run: cpu or cuda.")
+@click.option("--network-rtol", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              show_default=True, help="0: exact max-min link sharing. > 0: flows ending within "
+              "this fraction of each other end together; 0.02 makes 64-GPU steps ~3x faster "
+              "for ~1 % latency change.")
 @click.option("--list", "list_only", is_flag=True, help="List policies and topology presets.")
 def command(trace_path, policies, topology, gamma, params, max_steps, calibration_trace,
-            out_dir, seed, device, list_only) -> None:
+            out_dir, seed, device, network_rtol, list_only) -> None:
     """Replay a routing trace through a simulated expert-parallel cluster under each
     policy and measure the straggler delay each leaves.
 
@@ -101,7 +105,7 @@ def command(trace_path, policies, topology, gamma, params, max_steps, calibratio
     config = ReplayConfig(trace=trace_path, policies=names, topology=topology,
                           capacity_factor=gamma, policy_params=_parse_params(params),
                           max_steps=max_steps, calibration_trace=calibration_trace, seed=seed,
-                          device=device)
+                          device=device, network_rtol=network_rtol)
     out_dir = out_dir or _default_out(trace_path, topology, gamma)
     with library_errors():
         bar = tqdm(total=0, unit="step", desc="replay", disable=None, file=sys.stderr)

@@ -1,0 +1,136 @@
+"""How fast the cluster model runs (and, with --validate, how close it is to published
+all-to-all bandwidths).
+
+Two workloads, both Qwen3-VL-30B-A3B-sized (48 MoE layers, 128 experts, top-8, hidden 2048):
+
+1. ``prefill``: one 8,192-token prefill step (64 requests × 128 tokens, 70 % image tokens)
+   on each topology; reports wall-clock and simulated time and their ratio.
+2. ``default-trace``: the shape of the bundled default trace, a ~1.2k-token prefill then
+   15 decode steps, replayed under three routing variants (all kept; 10 % and 30 % of
+   assignments dropped) on 8xH100: the replay target is < 10 s in total.
+
+Routing is synthetic (log-normal expert popularity, one draw per layer, fixed seed): the
+simulator's cost depends on how many GPU pairs exchange tokens, not on which experts.
+
+    python benchmarks/bench_cluster.py                       # both workloads
+    python benchmarks/bench_cluster.py --topologies 8xH100 --flow-end-rtol 0.02
+    python benchmarks/bench_cluster.py --validate            # docs/validation.md table
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from macssim.cluster import (
+    LayerRouting,
+    RequestAssigner,
+    SimOptions,
+    assign_requests_to_gpus,
+    load_topology,
+    simulate_step,
+)
+from macssim.placement import contiguous_placement
+from macssim.trace import get_model_preset
+
+RANDOM_SEED = 2026
+MODEL = "qwen3-vl-30b-a3b"
+PREFILL_TOKENS = 8192          # tokens in the prefill step
+PREFILL_REQUESTS = 64          # 128 tokens each, so that 64 GPUs all run attention
+IMAGE_FRACTION = 0.7           # share of image tokens (chart/doc prompts are image-heavy)
+POPULARITY_SIGMA = 1.0         # log-normal sigma of expert popularity per layer
+TRACE_PREFILL_TOKENS = 1200    # the default trace's prefill (one request)
+TRACE_DECODE_STEPS = 15
+
+
+def synthetic_layers(rng, num_tokens, model, drop_fraction=0.0):
+    """One LayerRouting per MoE layer: top-k by Gumbel-perturbed log-popularity."""
+    layers = []
+    for _ in range(model.num_moe_layers):
+        popularity = rng.lognormal(0.0, POPULARITY_SIGMA, model.num_experts)
+        scores = rng.gumbel(size=(num_tokens, model.num_experts)) + np.log(popularity)
+        ids = np.argpartition(-scores, model.top_k - 1, axis=1)[:, :model.top_k]
+        kept = rng.random(ids.shape) >= drop_fraction
+        layers.append(LayerRouting(ids, kept))
+    return layers
+
+
+def bench_prefill(topology, options):
+    model = get_model_preset(MODEL)
+    topo = load_topology(topology)
+    rng = np.random.default_rng(RANDOM_SEED)
+    per_request = PREFILL_TOKENS // PREFILL_REQUESTS
+    request_id = np.repeat(np.arange(PREFILL_REQUESTS), per_request)
+    position = np.tile(np.arange(per_request), PREFILL_REQUESTS)
+    modality = (rng.random(PREFILL_TOKENS) < IMAGE_FRACTION).astype(np.uint8)
+    layers = synthetic_layers(rng, PREFILL_TOKENS, model)
+    token_gpu = assign_requests_to_gpus(request_id, topo.num_gpus)
+    placement = contiguous_placement(model.num_experts, topo.num_gpus)
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = simulate_step(topo, model, placement, "prefill", token_gpu=token_gpu,
+                           position=position, modality=modality, layers=layers,
+                           request_id=request_id, options=options)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(f"prefill {topology:>8}: wall {wall:7.3f} s  cpu {cpu:7.3f} s  simulated "
+          f"{result.step_latency_s * 1e3:8.3f} ms  sim/wall {result.step_latency_s / wall:.2e}"
+          f"  moe_share {result.moe_share:.2f}")
+    return wall
+
+
+def bench_default_trace(options):
+    model = get_model_preset(MODEL)
+    topo = load_topology("8xH100")
+    placement = contiguous_placement(model.num_experts, topo.num_gpus)
+    total_wall = 0.0
+    for variant, drop in (("all kept", 0.0), ("10% dropped", 0.1), ("30% dropped", 0.3)):
+        rng = np.random.default_rng(RANDOM_SEED)
+        assigner = RequestAssigner(topo.num_gpus)
+        steps = [("prefill", np.zeros(TRACE_PREFILL_TOKENS, np.int64),
+                  np.arange(TRACE_PREFILL_TOKENS))]
+        steps += [("decode", np.zeros(1, np.int64), np.array([TRACE_PREFILL_TOKENS + i]))
+                  for i in range(TRACE_DECODE_STEPS)]
+        routed = [(kind, rid, pos, synthetic_layers(rng, rid.size, model, drop))
+                  for kind, rid, pos in steps]
+        modality = {n: (rng.random(n) < IMAGE_FRACTION).astype(np.uint8)
+                    for n in {rid.size for _, rid, _ in steps}}
+        wall = time.perf_counter()
+        simulated = 0.0
+        for i, (kind, rid, pos, layers) in enumerate(routed):
+            result = simulate_step(topo, model, placement, kind,
+                                   token_gpu=assigner.assign(rid), position=pos,
+                                   modality=modality[rid.size], layers=layers,
+                                   request_id=rid, step_index=i, options=options)
+            simulated += result.step_latency_s
+        wall = time.perf_counter() - wall
+        total_wall += wall
+        print(f"default-trace shape, {variant:>11}: {len(routed)} steps, wall {wall:6.3f} s, "
+              f"simulated {simulated * 1e3:.3f} ms")
+    print(f"default-trace shape, 3 variants: wall {total_wall:.3f} s in total (target < 10 s)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--topologies", default="8xH100,16xH100,64xH100",
+                        help="comma-separated presets for the prefill benchmark")
+    parser.add_argument("--flow-end-rtol", type=float, default=0.0,
+                        help="SimOptions.flow_end_rtol (0 = exact max-min fluid)")
+    parser.add_argument("--skip-trace", action="store_true", help="skip the default-trace run")
+    parser.add_argument("--validate", action="store_true",
+                        help="print the docs/validation.md table instead")
+    args = parser.parse_args()
+    if args.validate:
+        from macssim.cluster._validation import validation_markdown
+
+        print(validation_markdown(), end="")
+        return
+    options = SimOptions(flow_end_rtol=args.flow_end_rtol)
+    for topology in args.topologies.split(","):
+        bench_prefill(topology.strip(), options)
+    if not args.skip_trace:
+        bench_default_trace(options)
+
+
+if __name__ == "__main__":
+    main()

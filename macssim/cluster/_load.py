@@ -1,0 +1,134 @@
+"""From one MoE layer's dispatch plan to per-GPU work and the all-to-all's byte matrix.
+
+This is the bookkeeping between a policy's output (expert ids and a kept mask per token)
+and the cluster: which GPU computes each kept token-expert assignment, how many expert
+weight sets each GPU reads, and how many bytes go from each GPU to each other GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from macssim._errors import MacssimError
+from macssim.placement import Placement
+
+__all__ = ["LayerRouting", "LayerLoad", "ExpertMap", "layer_load"]
+
+
+@dataclass(frozen=True)
+class LayerRouting:
+    """What one MoE layer does with the step's tokens, after the policy.
+
+    Attributes:
+        expert_ids: [T, k] int64, experts each token is sent to (after rerouting); entries
+            whose ``kept`` is False are ignored (they may hold -1).
+        kept: [T, k] bool, False where the policy dropped the assignment.
+    """
+
+    expert_ids: np.ndarray
+    kept: np.ndarray
+
+    def __post_init__(self) -> None:
+        ids, kept = np.asarray(self.expert_ids), np.asarray(self.kept)
+        if ids.ndim != 2 or kept.shape != ids.shape:
+            raise MacssimError(f'LayerRouting: "expert_ids" [T, k] and "kept" [T, k] must have '
+                               f"the same 2-D shape, got {list(ids.shape)} and "
+                               f"{list(kept.shape)}")
+        object.__setattr__(self, "expert_ids", ids.astype(np.int64, copy=False))
+        object.__setattr__(self, "kept", kept.astype(bool, copy=False))
+
+
+@dataclass(frozen=True)
+class ExpertMap:
+    """A placement in the form the hot path wants: the physical slots of each expert.
+
+    A kept assignment (token t, expert e) of a replicated expert goes to the slot
+    ``t mod replicas(e)`` among e's slots (in slot order): deterministic and even, as
+    engines spread tokens over an expert's replicas.
+    """
+
+    num_gpus: int
+    num_experts: int
+    slot_gpu: np.ndarray
+    """[S] int64, GPU of each physical slot."""
+    first_slot: np.ndarray
+    """[E] int64, position in ``slots_by_expert`` of expert e's first slot."""
+    replicas: np.ndarray
+    """[E] int64, slots of each expert."""
+    slots_by_expert: np.ndarray
+    """[S] int64, slot ids ordered by expert (stable)."""
+    replicated: bool
+
+    @classmethod
+    def from_placement(cls, placement: Placement) -> ExpertMap:
+        order = np.argsort(placement.slot_expert, kind="stable")
+        num_experts = placement.num_experts
+        replicas = np.bincount(placement.slot_expert, minlength=num_experts).astype(np.int64)
+        first = np.concatenate([[0], np.cumsum(replicas)[:-1]]).astype(np.int64)
+        return cls(num_gpus=placement.num_gpus, num_experts=num_experts,
+                   slot_gpu=np.asarray(placement.slot_gpu, dtype=np.int64), first_slot=first,
+                   replicas=replicas, slots_by_expert=order.astype(np.int64),
+                   replicated=bool(placement.is_replicated))
+
+
+@dataclass(frozen=True)
+class LayerLoad:
+    """Per-GPU work and traffic of one MoE layer (G GPUs).
+
+    Attributes:
+        assignments: [G] int64, kept token-expert assignments each GPU computes.
+        active_experts: [G] int64, slots on each GPU with at least one assignment.
+        dispatch_bytes: [G, G] float64, bytes from the token's GPU (row) to the expert's
+            GPU (column); zero diagonal (local tokens do not touch the network).
+        local_tokens: [G] int64, tokens needing an expert on their own GPU.
+        kept: kept assignments in the layer; dropped: assignments the policy dropped.
+    """
+
+    assignments: np.ndarray
+    active_experts: np.ndarray
+    dispatch_bytes: np.ndarray
+    local_tokens: np.ndarray
+    kept: int
+    dropped: int
+
+
+def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
+               token_bytes: float, where: str) -> LayerLoad:
+    """Work and traffic of one layer; ``where`` names the layer in error messages."""
+    num_tokens = token_gpu.shape[0]
+    if routing.expert_ids.shape[0] != num_tokens:
+        raise MacssimError(f'{where}: "expert_ids" has {routing.expert_ids.shape[0]} tokens, '
+                           f"expected T = {num_tokens} (the step's tokens)")
+    if routing.kept.all():
+        t_idx = np.repeat(np.arange(num_tokens), routing.kept.shape[1])
+        expert = routing.expert_ids.reshape(-1)
+    else:
+        t_idx, j_idx = np.nonzero(routing.kept)
+        expert = routing.expert_ids[t_idx, j_idx]
+    if expert.size and (expert.min() < 0 or expert.max() >= experts.num_experts):
+        bad = int(expert[(expert < 0) | (expert >= experts.num_experts)][0])
+        raise MacssimError(f'{where}: "expert_ids" holds expert {bad} in a kept entry; the '
+                           f"placement has experts 0..{experts.num_experts - 1}")
+    if experts.replicated:
+        pick = experts.first_slot[expert] + t_idx % experts.replicas[expert]
+        slot = experts.slots_by_expert[pick]
+    else:
+        slot = experts.slots_by_expert[experts.first_slot[expert]]
+    gpu = experts.slot_gpu[slot]
+    num_gpus = experts.num_gpus
+    assignments = np.bincount(gpu, minlength=num_gpus).astype(np.int64)
+    hit = np.bincount(slot, minlength=experts.slot_gpu.size) > 0
+    active = np.bincount(experts.slot_gpu, weights=hit, minlength=num_gpus).astype(np.int64)
+    needs = np.zeros(num_tokens * num_gpus, dtype=bool)
+    needs[t_idx * num_gpus + gpu] = True
+    key = np.flatnonzero(needs)  # unique (token, destination GPU) pairs
+    pairs = np.bincount(token_gpu[key // num_gpus] * num_gpus + key % num_gpus,
+                        minlength=num_gpus * num_gpus).reshape(num_gpus, num_gpus)
+    local = np.diagonal(pairs).astype(np.int64)
+    dispatch = pairs.astype(np.float64) * float(token_bytes)
+    np.fill_diagonal(dispatch, 0.0)
+    return LayerLoad(assignments=assignments, active_experts=active, dispatch_bytes=dispatch,
+                     local_tokens=local, kept=int(expert.size),
+                     dropped=int(routing.kept.size - expert.size))

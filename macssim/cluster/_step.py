@@ -1,0 +1,343 @@
+"""One forward step of an MoE model on an expert-parallel cluster, as SimPy processes.
+
+A prefill step starts with the vision encoder on every GPU holding image or video tokens;
+the decoder starts when all encoders are done. Then, for every MoE layer, each GPU runs a
+process that reads like the sentence describing it:
+
+    dense layers before this one → attention → router and policy → dispatch all-to-all
+    → local experts → shared experts → combine all-to-all → arrive at the barrier
+
+and the layer ends when every GPU has arrived (``env.all_of``). The output head ends the
+step. Durations of compute phases come from ``_compute`` (rooflines), computed for all
+layers before the clock starts; the all-to-alls run on the flow network, where dispatch
+and combine flows of different GPUs share links as they overlap in time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import simpy
+
+from macssim._errors import MacssimError, TopologyError
+from macssim.cluster import _compute as compute
+from macssim.cluster._alltoall import AllToAll
+from macssim.cluster._flows import FlowNetwork
+from macssim.cluster._load import ExpertMap, LayerLoad, LayerRouting, layer_load
+from macssim.cluster._records import PHASE_DTYPE, GpuLayerRecord, LayerRecord, StepResult
+from macssim.cluster._topology import Topology
+from macssim.cluster.metrics import PHASES, imbalance, straggler_delay_s
+from macssim.placement import Placement
+from macssim.trace import MODALITIES, ModelFacts
+
+__all__ = ["SimOptions", "simulate_step"]
+
+_STEP_KINDS = ("prefill", "decode")
+_VISION_CODES = (MODALITIES.index("image"), MODALITIES.index("video"))
+(_VISION, _DENSE, _ATTENTION, _ROUTER, _DISPATCH, _EXPERTS, _SHARED, _COMBINE, _BARRIER,
+ _HEAD) = range(len(PHASES))
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """Knobs of the step model that are not hardware (hardware is the topology)."""
+
+    router_s: float = 10e-6
+    """Router GEMM, top-k and the capacity policy, per MoE layer on each GPU with tokens.
+    An assumption (a handful of small kernels at a few µs each); 0 removes it."""
+    include_head: bool = True
+    """Run the output head (trailing dense layers and the LM head) at the end of the step."""
+    flow_end_rtol: float = 0.0
+    """0: recompute link shares at every flow's end (exact max-min fluid). > 0: a flow
+    ending within this fraction of its running time after another ends with it (its own
+    delivery time stays exact), which bounds the work on big clusters (see
+    ``FlowNetwork``). Measured on 64xH100: 0.02 runs a prefill step ~3× faster and moves
+    its latency by ~1 %."""
+
+    def __post_init__(self) -> None:
+        if not self.router_s >= 0:
+            raise MacssimError(f'SimOptions: "router_s" must be >= 0, got {self.router_s!r}')
+        if not 0 <= self.flow_end_rtol < 1:
+            raise MacssimError(f'SimOptions: "flow_end_rtol" must lie in [0, 1), got '
+                               f"{self.flow_end_rtol!r}")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Every duration and load of the step, per GPU (G) and MoE layer (L)."""
+
+    tokens: np.ndarray          # [G] tokens on each GPU
+    vision_s: np.ndarray        # [G]
+    dense_before_s: np.ndarray  # [L, G] dense decoder layers that precede MoE layer l
+    attention_s: np.ndarray     # [G] one decoder layer's attention
+    router_s: np.ndarray        # [G]
+    experts_s: np.ndarray       # [L, G]
+    shared_s: np.ndarray        # [G]
+    head_s: np.ndarray          # [G]
+    loads: tuple[LayerLoad, ...]
+
+
+def simulate_step(topo: Topology, model: ModelFacts, placement: Placement, step_kind: str, *,
+                  token_gpu: np.ndarray, position: np.ndarray, modality: np.ndarray,
+                  layers: Sequence[LayerRouting], request_id: np.ndarray | None = None,
+                  step_index: int = 0, options: SimOptions | None = None) -> StepResult:
+    """Simulate one forward step and measure it.
+
+    Args:
+        topo: the cluster.
+        model: the model's shape (``macssim.trace.ModelFacts``).
+        placement: expert → GPU (physical slots; replicas are spread by token index).
+        step_kind: ``"prefill"`` (runs the vision encoder) or ``"decode"``.
+        token_gpu: [T] int64, GPU running each token's attention
+            (``assign_requests_to_gpus``).
+        position: [T] int64, each token's position in its request (context for attention).
+        modality: [T] uint8, ``macssim.trace.MODALITIES`` codes; image and video tokens run
+            the vision encoder on prefill steps.
+        layers: one ``LayerRouting`` per MoE layer (``model.num_moe_layers`` of them).
+        request_id: [T] int64, optional; without it a request is a run of consecutive
+            tokens on one GPU with consecutive positions.
+        step_index: the step's index, copied into every record.
+        options: ``SimOptions``; defaults if None.
+
+    Returns:
+        A ``StepResult`` with per-layer, per-GPU-layer and per-phase records.
+    """
+    options = options or SimOptions()
+    token_gpu, position, modality, request_id = _check_inputs(
+        topo, model, placement, step_kind, token_gpu, position, modality, layers, request_id)
+    plan = _plan(topo, model, placement, step_kind, token_gpu, position, modality, layers,
+                 request_id, options)
+    env = simpy.Environment()
+    run = _StepRun(env, topo, plan, options)
+    run.start()
+    env.run()
+    return run.result(step_index, step_kind, num_tokens=int(token_gpu.size))
+
+
+def _check_inputs(topo: Topology, model: ModelFacts, placement: Placement, step_kind: str,
+                  token_gpu: Any, position: Any, modality: Any, layers: Sequence[LayerRouting],
+                  request_id: Any) -> tuple[np.ndarray, ...]:
+    if step_kind not in _STEP_KINDS:
+        raise MacssimError(f'simulate_step: "step_kind" is {step_kind!r}, expected one of '
+                           f"{_STEP_KINDS}")
+    if placement.num_gpus != topo.num_gpus or int(placement.slot_gpu.max()) >= topo.num_gpus:
+        raise TopologyError(f"placement is for {placement.num_gpus} GPUs (names GPU up to "
+                            f"{int(placement.slot_gpu.max())}), but topology {topo.name!r} has "
+                            f"GPUs 0..{topo.num_gpus - 1}")
+    if placement.num_experts != model.num_experts:
+        raise MacssimError(f"placement covers {placement.num_experts} experts, model "
+                           f"{model.name!r} has {model.num_experts}")
+    arrays = {"token_gpu": token_gpu, "position": position, "modality": modality}
+    if request_id is not None:
+        arrays["request_id"] = request_id
+    out = {name: np.asarray(a) for name, a in arrays.items()}
+    num_tokens = out["token_gpu"].shape[0] if out["token_gpu"].ndim == 1 else -1
+    for name, arr in out.items():
+        if arr.ndim != 1 or arr.shape[0] != num_tokens or num_tokens == 0:
+            raise MacssimError(f'simulate_step: "{name}" must be [T] with the same T >= 1 as '
+                               f'"token_gpu", got shape {list(arr.shape)}')
+    tg = out["token_gpu"].astype(np.int64)
+    if tg.min() < 0 or tg.max() >= topo.num_gpus:
+        raise TopologyError(f'simulate_step: "token_gpu" names GPU {int(tg.max())}, but '
+                            f"topology {topo.name!r} has GPUs 0..{topo.num_gpus - 1}")
+    if out["position"].min() < 0:
+        raise MacssimError('simulate_step: "position" must be >= 0')
+    if out["modality"].max() >= len(MODALITIES) or out["modality"].min() < 0:
+        raise MacssimError(f'simulate_step: "modality" codes must lie in 0..{len(MODALITIES) - 1}'
+                           f" ({', '.join(MODALITIES)})")
+    if len(layers) != model.num_moe_layers:
+        raise MacssimError(f"simulate_step: got {len(layers)} LayerRouting, model "
+                           f"{model.name!r} has {model.num_moe_layers} MoE layers")
+    rid = out.get("request_id")
+    return (tg, out["position"].astype(np.int64), out["modality"].astype(np.int64),
+            None if rid is None else rid.astype(np.int64))
+
+
+def _requests(token_gpu: np.ndarray, position: np.ndarray, request_id: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Requests of the step: (GPU of each request [R], context length of each [R])."""
+    if request_id is None:
+        new = np.ones(token_gpu.size, dtype=bool)
+        new[1:] = (token_gpu[1:] != token_gpu[:-1]) | (position[1:] != position[:-1] + 1)
+        request_id = np.cumsum(new)
+    _, first, inverse = np.unique(request_id, return_index=True, return_inverse=True)
+    context = np.zeros(first.size, dtype=np.int64)
+    np.maximum.at(context, inverse.reshape(-1), position + 1)
+    return token_gpu[first], context
+
+
+def _plan(topo: Topology, model: ModelFacts, placement: Placement, step_kind: str,
+          token_gpu: np.ndarray, position: np.ndarray, modality: np.ndarray,
+          layers: Sequence[LayerRouting], request_id: np.ndarray | None,
+          options: SimOptions) -> _Plan:
+    gpu, num_gpus = topo.gpu, topo.num_gpus
+    tokens = np.bincount(token_gpu, minlength=num_gpus).astype(np.float64)
+    req_gpu, context = _requests(token_gpu, position, request_id)
+    requests = np.bincount(req_gpu, minlength=num_gpus).astype(np.float64)
+    kv_read = np.bincount(req_gpu, weights=context, minlength=num_gpus)
+    context_sum = np.bincount(token_gpu, weights=position + 1.0, minlength=num_gpus)
+    attention = compute.attention_s(model, gpu, tokens, kv_read, context_sum)
+    dense_layer = attention + compute.dense_mlp_s(model, gpu, tokens)
+    moe = np.asarray(model.moe_layers)
+    before = np.diff(np.concatenate([[-1], moe])) - 1
+    trailing = model.num_layers - 1 - int(moe[-1])
+    is_vision = np.isin(modality, _VISION_CODES)
+    vision = (compute.vision_s(model, gpu, np.bincount(token_gpu[is_vision], minlength=num_gpus))
+              if step_kind == "prefill" else np.zeros(num_gpus))
+    head = (trailing * dense_layer + compute.head_s(model, gpu, requests)
+            if options.include_head else np.zeros(num_gpus))
+    experts = ExpertMap.from_placement(placement)
+    token_bytes = model.hidden_size * model.bytes_per_element
+    loads = tuple(layer_load(routing, token_gpu, experts, token_bytes, where=f"MoE layer {i}")
+                  for i, routing in enumerate(layers))
+    assignments = np.stack([ld.assignments for ld in loads]).astype(np.float64)
+    active = np.stack([ld.active_experts for ld in loads]).astype(np.float64)
+    return _Plan(
+        tokens=tokens, vision_s=vision, dense_before_s=np.outer(before, dense_layer),
+        attention_s=attention, router_s=options.router_s * (tokens > 0),
+        experts_s=compute.expert_s(model, gpu, assignments, active),
+        shared_s=compute.shared_experts_s(model, gpu, tokens), head_s=head, loads=loads)
+
+
+@dataclass
+class _LayerSim:
+    """One MoE layer's SimPy objects: its two collectives and its barrier."""
+
+    dispatch: AllToAll
+    combine: AllToAll
+    arrivals: list[simpy.Event]
+    barrier: simpy.Event
+    arrival_s: list[float]
+    start_s: float = 0.0
+    end_s: float = 0.0
+
+
+class _StepRun:
+    """The SimPy side of one step: one process per GPU, the flow network, the phase log.
+
+    Each GPU's process runs the whole step; layer l's barrier is ``env.all_of`` over the
+    GPUs' arrival events, and a GPU waits on it before starting layer l + 1.
+    """
+
+    def __init__(self, env: simpy.Environment, topo: Topology, plan: _Plan,
+                 options: SimOptions) -> None:
+        self.env, self.topo, self.plan = env, topo, plan
+        self.routes = topo.routes
+        self.network = FlowNetwork(env, self.routes.capacity_bytes_per_s,
+                                   end_rtol=options.flow_end_rtol)
+        self.log: list[tuple[int, int, int, float, float]] = []
+        # Plain-float copies: a process reads a handful of scalars per phase.
+        self.dense_s = plan.dense_before_s.tolist()
+        self.experts_s = plan.experts_s.tolist()
+        self.attention_s = plan.attention_s.tolist()
+        self.router_s = plan.router_s.tolist()
+        self.shared_s = plan.shared_s.tolist()
+        self.layers = [self._layer_sim(load) for load in plan.loads]
+        self.vision = self._barrier() if plan.vision_s.any() else None
+        self.vision_end_s = 0.0
+        self.head_start_s = 0.0
+
+    def _barrier(self) -> tuple[list[simpy.Event], simpy.Event]:
+        arrivals = [self.env.event() for _ in range(self.topo.num_gpus)]
+        return arrivals, self.env.all_of(arrivals)
+
+    def _layer_sim(self, load: LayerLoad) -> _LayerSim:
+        dispatch = AllToAll(self.env, self.network, self.routes, load.dispatch_bytes,
+                            wait_for_incoming=True)
+        combine = AllToAll(self.env, self.network, self.routes, load.dispatch_bytes.T,
+                           wait_for_incoming=False)
+        arrivals, barrier = self._barrier()
+        layer = _LayerSim(dispatch, combine, arrivals, barrier, [0.0] * self.topo.num_gpus)
+        barrier.callbacks.append(lambda _e: setattr(layer, "end_s", self.env.now))
+        return layer
+
+    def start(self) -> None:
+        for g in range(self.topo.num_gpus):
+            self.env.process(self._gpu(g))
+
+    # --- one GPU's step -----------------------------------------------------------------
+
+    def _gpu(self, g: int) -> Generator[simpy.Event, Any, None]:
+        if self.vision is not None:
+            yield from self._compute(-1, g, _VISION, float(self.plan.vision_s[g]))
+            arrivals, barrier = self.vision
+            arrivals[g].succeed()
+            yield barrier
+            self.vision_end_s = self.env.now
+        for layer, sim in enumerate(self.layers):
+            sim.start_s = self.env.now
+            yield from self._moe_layer(layer, g, sim)
+            sim.arrival_s[g] = arrived = self.env.now
+            sim.arrivals[g].succeed()
+            yield sim.barrier
+            self.log.append((layer, g, _BARRIER, arrived, self.env.now))
+        self.head_start_s = self.env.now
+        yield from self._compute(len(self.layers), g, _HEAD, float(self.plan.head_s[g]))
+
+    def _moe_layer(self, layer: int, g: int, sim: _LayerSim
+                   ) -> Generator[simpy.Event, Any, None]:
+        yield from self._compute(layer, g, _DENSE, self.dense_s[layer][g])
+        yield from self._compute(layer, g, _ATTENTION, self.attention_s[g])
+        yield from self._compute(layer, g, _ROUTER, self.router_s[g])
+        yield from self._communicate(layer, g, _DISPATCH, sim.dispatch)
+        yield from self._compute(layer, g, _EXPERTS, self.experts_s[layer][g])
+        yield from self._compute(layer, g, _SHARED, self.shared_s[g])
+        yield from self._communicate(layer, g, _COMBINE, sim.combine)
+
+    def _compute(self, layer: int, g: int, phase: int, duration_s: float
+                 ) -> Generator[simpy.Event, Any, None]:
+        start = self.env.now
+        if duration_s > 0:
+            yield self.env.timeout(duration_s)
+        self.log.append((layer, g, phase, start, self.env.now))
+
+    def _communicate(self, layer: int, g: int, phase: int, collective: AllToAll
+                     ) -> Generator[simpy.Event, Any, None]:
+        start = self.env.now
+        done = collective.join(g)
+        if not done.triggered:
+            yield done
+        self.log.append((layer, g, phase, start, self.env.now))
+
+    # --- results --------------------------------------------------------------------
+
+    def result(self, step: int, step_kind: str, num_tokens: int) -> StepResult:
+        plan, num_gpus = self.plan, self.topo.num_gpus
+        attention_each = (plan.dense_before_s + plan.attention_s[None, :]).max(axis=1)
+        layers, gpu_layers = [], []
+        for layer, sim in enumerate(self.layers):
+            load = plan.loads[layer]
+            arrival = np.array(sim.arrival_s) - sim.start_s
+            latency = sim.end_s - sim.start_s
+            attention = float(attention_each[layer])
+            layers.append(LayerRecord(
+                step=step, layer=layer, start_s=sim.start_s, end_s=sim.end_s,
+                layer_latency_s=latency, attention_s=attention,
+                moe_latency_s=latency - attention, straggler_delay_s=straggler_delay_s(arrival),
+                imbalance=imbalance(load.assignments), kept_assignments=load.kept,
+                dropped_assignments=load.dropped,
+                dispatch_bytes=float(load.dispatch_bytes.sum())))
+            sent = load.dispatch_bytes.sum(axis=1).tolist()
+            received = load.dispatch_bytes.sum(axis=0).tolist()
+            gpu_layers.extend(GpuLayerRecord(
+                step=step, layer=layer, gpu=g, tokens=int(plan.tokens[g]),
+                expert_assignments=int(load.assignments[g]),
+                active_experts=int(load.active_experts[g]), dispatch_sent_bytes=sent[g],
+                dispatch_received_bytes=received[g], arrival_s=float(arrival[g]))
+                for g in range(num_gpus))
+        latency = self.env.now
+        moe = sum(r.moe_latency_s for r in layers)
+        return StepResult(
+            step=step, step_kind=step_kind, topology=self.topo.name, num_gpus=num_gpus,
+            gpus_per_node=self.topo.gpus_per_node, num_tokens=num_tokens,
+            step_latency_s=latency, vision_s=self.vision_end_s,
+            head_s=latency - self.head_start_s,
+            attention_s=sum(r.attention_s for r in layers), moe_latency_s=moe,
+            straggler_delay_s=sum(r.straggler_delay_s for r in layers),
+            moe_share=moe / latency if latency > 0 else 0.0,
+            tokens_per_s=num_tokens / latency if latency > 0 else 0.0,
+            dispatch_bytes=sum(r.dispatch_bytes for r in layers), layers=tuple(layers),
+            gpu_layers=tuple(gpu_layers), phase_table=np.array(self.log, dtype=PHASE_DTYPE))

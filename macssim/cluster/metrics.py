@@ -1,0 +1,142 @@
+"""Every metric macssim reports, named and defined once.
+
+``docs/metrics.md`` is this module's ``METRICS`` table written out (``metrics_markdown()``);
+a test holds the two equal word for word. The simulator, the CSV columns and the plots use
+these names and nothing else; the functions below are the formulas, used by the simulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "Metric",
+    "METRICS",
+    "PHASES",
+    "imbalance",
+    "straggler_delay_s",
+    "metrics_markdown",
+]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported quantity: its column name, unit, scope and definition."""
+
+    name: str
+    unit: str
+    scope: str
+    """What one value describes: ``layer`` (one MoE layer of one step), ``gpu-layer``, ``step``."""
+    definition: str
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("tokens", "count", "gpu-layer",
+           "Tokens whose attention runs on the GPU (data-parallel attention: whole requests "
+           "per GPU)."),
+    Metric("expert_assignments", "count", "gpu-layer",
+           "Expert work of one GPU in one MoE layer: the kept token-expert assignments it "
+           "computes (a token routed to two experts on the GPU counts twice; dropped "
+           "assignments count nowhere)."),
+    Metric("active_experts", "count", "gpu-layer",
+           "Experts (physical slots) on the GPU with at least one kept assignment: the "
+           "expert weights it reads from HBM."),
+    Metric("dispatch_sent_bytes", "bytes", "gpu-layer",
+           "Bytes the GPU's tokens send to other GPUs in the dispatch (it receives the same "
+           "back in the combine)."),
+    Metric("dispatch_received_bytes", "bytes", "gpu-layer",
+           "Bytes other GPUs' tokens bring to the GPU's experts in the dispatch."),
+    Metric("arrival_s", "s", "gpu-layer",
+           "When a GPU reaches the layer's barrier, measured from the layer's start: its "
+           "own work is done (attention, router, dispatch sent and received, its experts, "
+           "the combine results it computed delivered)."),
+    Metric("imbalance", "ratio", "layer",
+           "Max over GPUs / mean over GPUs of the layer's expert work (`expert_assignments`), "
+           "as TensorRT-LLM's EP load balancer defines it; 1.0 is perfectly balanced; 1.0 "
+           "as well when no assignment is kept."),
+    Metric("straggler_delay_s", "s", "layer",
+           "Time the layer's barrier waits for the slowest GPU beyond the mean GPU: max "
+           "minus mean of the GPUs' `arrival_s`. Zero when every GPU arrives together."),
+    Metric("start_s", "s", "layer",
+           "When the layer starts (the previous barrier's release), from the step's start."),
+    Metric("end_s", "s", "layer",
+           "When the layer's barrier releases, from the step's start."),
+    Metric("layer_latency_s", "s", "layer",
+           "`end_s` minus `start_s`."),
+    Metric("attention_s", "s", "layer",
+           "Attention time of the layer: the longest GPU's attention phase (plus the dense "
+           "decoder layers that run before this MoE layer, if the model has any)."),
+    Metric("moe_latency_s", "s", "layer",
+           "MoE-layer latency: `layer_latency_s` minus `attention_s`, the part of the layer "
+           "from the slowest attention's end to the barrier (router and policy, dispatch, "
+           "experts, combine, waiting)."),
+    Metric("kept_assignments", "count", "layer",
+           "Token-expert assignments the policy kept (the sum of `expert_assignments`)."),
+    Metric("dropped_assignments", "count", "layer",
+           "Token-expert assignments the policy dropped: computed nowhere, sent nowhere."),
+    Metric("dispatch_bytes", "bytes", "layer",
+           "Bytes the dispatch all-to-all moves between GPUs: each kept token travels once "
+           "to each other GPU holding at least one of its kept experts, hidden size × bytes "
+           "per element; tokens whose experts are all on their own GPU move nothing. The "
+           "combine moves the same bytes back. At step scope, the sum over layers."),
+    Metric("vision_s", "s", "step",
+           "Vision encoder time (prefill steps): until the last GPU has encoded its image and "
+           "video tokens."),
+    Metric("head_s", "s", "step",
+           "Output head time: trailing dense layers and the LM head, one logit row per "
+           "request."),
+    Metric("step_latency_s", "s", "step",
+           "Simulated time of one forward step: vision encoder (prefill), every layer, "
+           "the output head."),
+    Metric("moe_share", "fraction", "step",
+           "Sum of the step's `moe_latency_s` over its `step_latency_s`: what a straggler "
+           "saving is worth end to end."),
+    Metric("tokens_per_s", "tokens/s", "step",
+           "Tokens in the step (prompt tokens for a prefill, one per request for a decode "
+           "step) over `step_latency_s`."),
+)
+"""At step scope, ``attention_s``, ``moe_latency_s`` and ``straggler_delay_s`` are sums
+over the step's layers."""
+
+PHASES: tuple[str, ...] = (
+    "vision", "dense", "attention", "router", "dispatch", "experts", "shared_experts",
+    "combine", "barrier", "head",
+)
+"""Phases of a step on one GPU, in the order they run. ``vision`` runs before the first
+MoE layer on prefill steps, ``head`` (trailing dense layers and the LM head) after the
+last; the others repeat per MoE layer. ``barrier`` is the wait from a GPU's arrival to the
+layer's release."""
+
+
+def imbalance(expert_assignments: np.ndarray) -> float:
+    """``imbalance`` of one layer. ``expert_assignments``: [G] kept assignments per GPU."""
+    work = np.asarray(expert_assignments, dtype=np.float64)
+    mean = float(work.mean()) if work.size else 0.0
+    return float(work.max()) / mean if mean > 0 else 1.0
+
+
+def straggler_delay_s(arrival_s: np.ndarray) -> float:
+    """``straggler_delay_s`` of one layer. ``arrival_s``: [G] from the layer's start."""
+    arrival = np.asarray(arrival_s, dtype=np.float64)
+    return float(arrival.max() - arrival.mean()) if arrival.size else 0.0
+
+
+def metrics_markdown() -> str:
+    """``docs/metrics.md``, generated from ``METRICS``."""
+    lines = [
+        "# Metrics",
+        "",
+        "Every number macssim reports, defined once. Generated from",
+        "`macssim/cluster/metrics.py` (`metrics_markdown()`); a test keeps the two equal.",
+        "",
+        "| name | unit | scope | definition |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| `{m.name}` | {m.unit} | {m.scope} | {m.definition} |" for m in METRICS]
+    lines += ["", "At step scope, `attention_s`, `moe_latency_s`, `straggler_delay_s` and "
+              "`dispatch_bytes` are sums over the step's layers."]
+    lines += ["", "Phases of a step on one GPU, in order: "
+              + ", ".join(f"`{p}`" for p in PHASES) + ".", ""]
+    return "\n".join(lines)
