@@ -111,6 +111,11 @@ def test_cli_replay_prints_table_and_writes_report(small_trace, tmp_path):
     assert "straggler" in res.output and "macs" in res.output
     assert f"report: {out}" in res.output
     assert (out / "summary.csv").exists()
+    import pandas as pd
+
+    phases = pd.read_csv(out / "phases.csv")  # streamed during the replay
+    assert set(phases.policy) == {"macs", "token-drop"} and set(phases.step) == {0, 1}
+    assert (phases.end_s >= phases.start_s).all()
 
 
 def test_cli_failure_leaves_no_report_directory(small_trace, tmp_path):

@@ -94,7 +94,7 @@ def command(trace_path, policies, topology, gamma, params, max_steps, calibratio
     from macssim.cluster import list_topology_presets
     from macssim.policies import list_policies
     from macssim.replay import ReplayConfig, replay
-    from macssim.report import write_report
+    from macssim.report import ReportWriter
 
     if list_only:
         echo_table(["policy", "what it does"], list(list_policies().items()))
@@ -114,11 +114,12 @@ def command(trace_path, policies, topology, gamma, params, max_steps, calibratio
             bar.total = total
             bar.update(done - bar.n)
 
-        try:
-            result = replay(config, progress=progress)
-        finally:
-            bar.close()
-        report = write_report(result, out_dir, command_line=["macssim", *sys.argv[1:]])
+        with ReportWriter(out_dir) as writer:
+            try:
+                result = replay(config, progress=progress, on_phases=writer.append_phases)
+            finally:
+                bar.close()
+            report = writer.finish(result, command_line=["macssim", *sys.argv[1:]])
     _print_summary(report.summary, result)
     click.echo(f"\nreport: {report.directory}  ({', '.join(report.files)})")
 

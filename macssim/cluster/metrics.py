@@ -28,7 +28,8 @@ class Metric:
     name: str
     unit: str
     scope: str
-    """What one value describes: ``layer`` (one MoE layer of one step), ``gpu-layer``, ``step``."""
+    """What one value describes: ``layer`` (one MoE layer of one step), ``gpu-layer``,
+    ``step``, or ``run`` (a policy's summary over a whole replay)."""
     definition: str
 
 
@@ -96,6 +97,25 @@ METRICS: tuple[Metric, ...] = (
     Metric("tokens_per_s", "tokens/s", "step",
            "Tokens in the step (prompt tokens for a prefill, one per request for a decode "
            "step) over `step_latency_s`."),
+    Metric("dropped_assignments_frac", "fraction", "layer",
+           "Token-expert assignments the policy dropped over all T·k assignments (per "
+           "modality with a `_<modality>` suffix)."),
+    Metric("dropped_gate_mass_frac", "fraction", "layer",
+           "Router gate weight of the dropped assignments over the gate weight of all "
+           "assignments."),
+    Metric("dropped_semantic_mass_frac", "fraction", "layer",
+           "Dropped assignments weighted by their token's MACS semantic weight w(x) (1 for "
+           "text; sigmoid(−δ·H̃) for visual tokens, default δ, for every policy) over all "
+           "assignments so weighted."),
+    Metric("rerouted_assignments", "count", "layer",
+           "Assignments the policy moved to another expert on the same GPU (kept)."),
+    Metric("tokens_lost_all", "count", "layer",
+           "Tokens none of whose k assignments was kept."),
+    Metric("straggler_share", "fraction", "run",
+           "Sum of `straggler_delay_s` over sum of `moe_latency_s`: the part of MoE time "
+           "spent waiting for the slowest GPU."),
+    Metric("<metric>_vs_token_drop", "ratio", "run",
+           "A policy's summary figure over token-drop's, from the same replay."),
 )
 """At step scope, ``attention_s``, ``moe_latency_s`` and ``straggler_delay_s`` are sums
 over the step's layers."""

@@ -79,8 +79,9 @@ class ReplayResult:
     """One row per policy × step × MoE layer."""
     steps: pd.DataFrame
     """One row per policy × step."""
-    phases: pd.DataFrame
-    """One row per policy × step × layer × GPU × phase: start_s, end_s."""
+    phases: pd.DataFrame | None
+    """One row per policy × step × layer × GPU × phase: start_s, end_s (None when the
+    replay streamed them to ``on_phases``)."""
     gpu_load: dict[str, np.ndarray]
     """Policy -> [L, G] kept assignments per MoE layer and GPU, summed over steps."""
     drops: pd.DataFrame
@@ -133,11 +134,17 @@ def _plans_for_step(step: Step, model: ModelFacts, policy: Policy, placement_t: 
 
 
 def replay(config: ReplayConfig,
-           progress: Callable[[int, int], None] | None = None) -> ReplayResult:
+           progress: Callable[[int, int], None] | None = None,
+           on_phases: Callable[[pd.DataFrame], None] | None = None) -> ReplayResult:
     """Replay ``config.trace`` under each policy on ``config.topology``.
+
+    Memory stays flat in the trace's length except for the per-layer and per-step rows:
+    the trace is read one step at a time, and the per-phase rows (the bulk) go to
+    ``on_phases`` when given.
 
     Args:
         progress: called as ``progress(done, total)`` after each policy × step.
+        on_phases: receives each policy × step's phase rows instead of the result.
     Raises:
         MacssimError (TraceError, TopologyError, PolicyError) for bad input, before any
         simulation when it can be known up front.
@@ -207,7 +214,10 @@ def replay(config: ReplayConfig,
             step_rows.append({**base, **result.to_dict()})
             phases = result.frames()["phases"]
             phases.insert(0, "policy", name)
-            phase_frames.append(phases)
+            if on_phases is None:
+                phase_frames.append(phases)
+            else:
+                on_phases(phases)
             if name not in chrome:
                 chrome[name] = chrome_trace([result])
             done += 1
@@ -218,7 +228,8 @@ def replay(config: ReplayConfig,
     return ReplayResult(
         config=config, model=model, topology=topology, trace_sha256=trace.sha256(),
         policies=tuple(policies), layers=pd.DataFrame(layer_rows),
-        steps=pd.DataFrame(step_rows), phases=pd.concat(phase_frames, ignore_index=True),
+        steps=pd.DataFrame(step_rows),
+        phases=pd.concat(phase_frames, ignore_index=True) if phase_frames else None,
         gpu_load=gpu_load,
         drops=drops, timelines=chrome, versions=_versions())
 

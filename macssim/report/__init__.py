@@ -2,6 +2,6 @@
 Perfetto timeline, and ``run.json`` so the run can be reproduced."""
 
 from macssim.report._summary import SUMMARY_COLUMNS, summarize
-from macssim.report._write import Report, write_report
+from macssim.report._write import Report, ReportWriter, write_report
 
-__all__ = ["SUMMARY_COLUMNS", "Report", "summarize", "write_report"]
+__all__ = ["SUMMARY_COLUMNS", "Report", "ReportWriter", "summarize", "write_report"]
