@@ -1,0 +1,165 @@
+"""Loading a real checkpoint (hub id or local directory) and its processor.
+
+transformers is an optional dependency (``pip install -e ".[capture]"``); it is imported
+here, lazily, so ``import macssim.capture`` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from macssim._errors import CaptureError
+from macssim.capture._families import Family, family_for_config
+
+__all__ = ["LoadedModel", "facts_for", "load_model", "pick_device", "require_transformers"]
+
+INSTALL_HINT = 'pip install -e ".[capture]"'
+
+
+def require_transformers() -> Any:
+    """The transformers module, or a CaptureError saying how to install it."""
+    try:
+        import transformers
+    except ImportError as e:
+        raise CaptureError(f"capture needs transformers >= 5: {INSTALL_HINT} ({e})") from e
+    major = int(transformers.__version__.split(".")[0])
+    if major < 5:
+        raise CaptureError(f"capture needs transformers >= 5 (routers return "
+                           f"(logits, weights, ids) from 5.0 on); found "
+                           f"{transformers.__version__}: {INSTALL_HINT}")
+    return transformers
+
+
+def pick_device(device: str | None = None) -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``; an explicit choice wins."""
+    import torch
+
+    if device and device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise CaptureError(f"--device {device}: no CUDA GPU is visible to torch")
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str | None, device: str) -> Any:
+    """``auto``: bfloat16 on a GPU, float32 on CPU (bf16 matmuls on CPU are slow)."""
+    import torch
+
+    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+             "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return table[dtype]
+    except KeyError:
+        raise CaptureError(f"dtype {dtype!r} is not one of auto, {', '.join(table)}") from None
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to capture from, with what the trace's provenance records."""
+
+    model: Any
+    processor: Any
+    """The model's own processor (vision families) or tokenizer (text-only families)."""
+    family: Family
+    model_id: str
+    revision: str | None
+    device: str
+
+
+def load_model(model_id: str, *, revision: str | None = None, device: str | None = None,
+               dtype: str | None = None, experts_implementation: str | None = None,
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load ``model_id`` (hub id or local checkpoint directory) with its processor."""
+    transformers = require_transformers()
+    device = pick_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            model_id, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise CaptureError(f"{model_id}: cannot load its config.json: {e}") from e
+    family = family_for_config(config, where=model_id)
+    processor = load_processor(model_id, family, revision=revision,
+                               trust_remote_code=trust_remote_code)
+    cls = getattr(transformers, family.top_class)
+    kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype,
+                              "trust_remote_code": trust_remote_code}
+    if device.startswith("cuda"):
+        kwargs["device_map"] = device
+    if experts_implementation:
+        kwargs["experts_implementation"] = experts_implementation
+    try:
+        model = cls.from_pretrained(model_id, **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CaptureError(f"{model_id}: cannot load weights as {family.top_class}: {e}") from e
+    model.eval()
+    if not device.startswith("cuda"):
+        model.to(device)
+    commit = getattr(config, "_commit_hash", None)
+    return LoadedModel(model=model, processor=processor, family=family, model_id=model_id,
+                       revision=revision or commit, device=device)
+
+
+def load_processor(model_id: str, family: Family, *, revision: str | None = None,
+                   trust_remote_code: bool = False) -> Any:
+    """The checkpoint's own processor (vision families) or tokenizer (text-only)."""
+    transformers = require_transformers()
+    auto = transformers.AutoProcessor if family.vision else transformers.AutoTokenizer
+    what = "processor" if family.vision else "tokenizer"
+    try:
+        processor = auto.from_pretrained(model_id, revision=revision,
+                                         trust_remote_code=trust_remote_code)
+    except ImportError as e:  # e.g. a video processor that needs torchvision
+        raise CaptureError(f"{model_id}: its {what} needs a package that is not "
+                           f"installed: {e}") from e
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CaptureError(f"{model_id}: missing {what}: cannot load it ({e}); the "
+                           f"checkpoint needs its preprocessor_config.json and tokenizer "
+                           "files") from e
+    if family.vision and not hasattr(processor, "image_processor"):
+        raise CaptureError(f"{model_id}: missing processor: AutoProcessor returned "
+                           f"{type(processor).__name__}, which has no image processor")
+    return processor
+
+
+def facts_for(spec: str) -> Any:
+    """Model facts for imported traces: a macssim model preset name, or a Hugging Face
+    ``config.json`` (file or checkpoint directory; no weights needed). For a config, the
+    model is built on torch's meta device (no memory) to find its MoE layers the same way
+    a capture does."""
+    from macssim._errors import TraceError
+    from macssim.trace import get_model_preset
+
+    path = Path(spec)
+    if not path.exists():
+        try:
+            return get_model_preset(spec)
+        except TraceError as e:
+            raise CaptureError(f"{e}; or give the path of the model's config.json") from None
+    import torch
+
+    from macssim.capture._families import model_facts
+    from macssim.capture._sites import find_sites
+
+    transformers = require_transformers()
+    try:
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            model_type = data.pop("model_type", None)
+            config = transformers.AutoConfig.for_model(model_type, **data)
+        else:
+            config = transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise CaptureError(f"{path}: cannot read a transformers config: {e}") from e
+    family = family_for_config(config, where=str(path))
+    with torch.device("meta"):
+        skeleton = getattr(transformers, family.top_class)(config)
+    _, _, moe_layers = find_sites(skeleton, family)
+    dtype = str(getattr(config, "dtype", None) or "bfloat16").replace("torch.", "")
+    return model_facts(config, family, moe_layers, name=str(spec), dtype=dtype,
+                       source=f"{path} (transformers {transformers.__version__})")

@@ -1,0 +1,144 @@
+"""``macssim capture``: routing from a real model (or a tiny one, or a serving engine's
+export) into a trace. Thin: parse, call one library function, print a short table."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+from macssim._errors import MacssimError
+
+__all__ = ["command"]
+
+
+def _list_families() -> None:
+    from macssim.capture import list_families
+
+    click.echo(f"{'family':<14} {'kind':<6} {'scores':<8} what")
+    for fam in list_families():
+        kind = "vision" if fam.vision else "text"
+        click.echo(f"{fam.name:<14} {kind:<6} {fam.score_function:<8} {fam.title}")
+
+
+def _table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"  {key:<{width}}  {value}")
+
+
+def _capture(kwargs: dict) -> None:
+    from macssim.capture import CaptureSettings, capture_trace
+
+    settings = CaptureSettings(batch_size=kwargs["batch_size"], max_tokens=kwargs["max_tokens"],
+                               decode_steps=kwargs["decode_steps"], seed=kwargs["seed"],
+                               compress=kwargs["compress"])
+    result = capture_trace(kwargs["out"], model=kwargs["model"], tiny=kwargs["tiny"],
+                           inputs=kwargs["inputs"], settings=settings,
+                           revision=kwargs["revision"], device=kwargs["device"],
+                           dtype=kwargs["dtype"], progress=kwargs["progress"],
+                           command=shlex.join(["macssim", *sys.argv[1:]]))
+    modal = ", ".join(f"{k} {v}" for k, v in sorted(result.tokens_by_modality.items()))
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(result.tokens_by_kind.items()))
+    _table([("model", f"{result.model} ({result.family}) on {result.device}"),
+            ("requests", f"{result.num_requests} in {result.num_batches} batches"),
+            ("steps", str(result.num_steps)), ("tokens", kinds), ("modality", modal),
+            ("time", f"{result.elapsed_s:.1f} s")])
+    click.echo(f"wrote {result.path}")
+
+
+def _import(kwargs: dict) -> None:
+    from macssim.capture import facts_for, import_sglang, import_vllm
+
+    if not kwargs["facts"]:
+        raise click.UsageError("--facts is required with --import-vllm / --import-sglang: a "
+                               "model preset name or the model's config.json")
+    facts = facts_for(kwargs["facts"])
+    ids = {"image_token_id": kwargs["image_token_id"], "video_token_id": kwargs["video_token_id"]}
+    if kwargs["import_vllm"]:
+        result = import_vllm(kwargs["import_vllm"], kwargs["out"], facts,
+                             batch_size=kwargs["batch_size"], **ids)
+    else:
+        result = import_sglang(kwargs["import_sglang"], kwargs["out"], facts,
+                               rank=kwargs["rank"], **ids)
+    _table([("source", result.source), ("model facts", facts.name),
+            ("requests", "not recorded" if result.num_requests is None
+             else str(result.num_requests)),
+            ("steps", str(result.num_steps)), ("tokens", str(result.num_tokens)),
+            ("fields", "ids only (no scores, weights or entropy)")])
+    click.echo(f"wrote {result.path}")
+
+
+@click.command("capture")
+@click.option("--model", "model", metavar="ID_OR_DIR",
+              help="Hugging Face hub id or local checkpoint directory to load with "
+                   "transformers (bfloat16 on a GPU, float32 on CPU).")
+@click.option("--tiny", metavar="FAMILY",
+              help="Build a tiny random model of FAMILY's real transformers class (no "
+                   "download) and capture from it: the offline demo.")
+@click.option("--list-families", is_flag=True, help="List the supported model families.")
+@click.option("--import-vllm", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="Convert vLLM's returned routed experts (.npy/.npz/.json/.jsonl) instead "
+                   "of running a model; needs --facts.")
+@click.option("--import-sglang", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="Convert an SGLang per-token expert-distribution dump (JSON, see "
+                   "docs/capture.md) instead of running a model; needs --facts.")
+@click.option("--facts", metavar="PRESET_OR_CONFIG",
+              help="For imports: a model preset (e.g. qwen3-vl-30b-a3b) or the model's "
+                   "config.json, giving layers, experts and top-k.")
+@click.option("--inputs", type=click.Path(exists=True, dir_okay=False), metavar="FILE.jsonl",
+              help="Requests to run, one JSON object per line: {\"prompt\", \"image\" | "
+                   "\"images\" | \"video\" (frame files)}. Default: the built-in set (document, "
+                   "chart, photo, video frames, text-only).")
+@click.option("--out", "-o", default="capture.mtrace", show_default=True,
+              type=click.Path(dir_okay=False), help="Trace file to write (format v1).")
+@click.option("--batch-size", default=4, show_default=True, type=int,
+              help="Requests per forward batch, at most (imports: requests per rebuilt batch).")
+@click.option("--max-tokens", default=16384, show_default=True, type=int,
+              help="Padded tokens per batch (requests x longest prompt), at most.")
+@click.option("--decode-steps", default=0, show_default=True, type=int,
+              help="Decode forward calls after the prefill; each becomes one step with one "
+                   "token per live sequence.")
+@click.option("--revision", help="Hub revision (branch, tag or commit) of --model.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (GPU if present), cpu, cuda or cuda:N.")
+@click.option("--dtype", default="auto", show_default=True,
+              help="auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16 or float32.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed for torch and the built-in images (decoding is greedy).")
+@click.option("--compress/--no-compress", default=False, show_default=True,
+              help="zlib-compress each step of the trace.")
+@click.option("--image-token-id", type=int, help="For imports: token id of image placeholders.")
+@click.option("--video-token-id", type=int, help="For imports: token id of video placeholders.")
+@click.option("--rank", type=int,
+              help="For --import-sglang: the rank whose records to take (default: lowest).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar over the inputs.")
+def command(**kwargs) -> None:
+    """Capture MoE routing from a transformers model into a trace.
+
+    \b
+    Examples:
+      macssim capture --tiny qwen3-vl-moe --out tiny.mtrace
+      macssim capture --model Qwen/Qwen3-VL-30B-A3B-Instruct --decode-steps 16 -o qwen.mtrace
+      macssim capture --model ./ckpt --inputs prompts.jsonl --batch-size 8
+      macssim capture --import-vllm routed.npz --facts qwen3-vl-30b-a3b -o vllm.mtrace
+      macssim capture --list-families
+
+    Needs transformers >= 5 for --model/--tiny: pip install -e ".[capture]".
+    """
+    if kwargs["list_families"]:
+        _list_families()
+        return
+    sources = [k for k in ("model", "tiny", "import_vllm", "import_sglang") if kwargs[k]]
+    if len(sources) != 1:
+        raise click.UsageError("give exactly one of --model, --tiny, --import-vllm, "
+                               "--import-sglang (or --list-families)")
+    try:
+        if sources[0] in ("import_vllm", "import_sglang"):
+            _import(kwargs)
+        else:
+            _capture(kwargs)
+    except MacssimError as e:
+        raise click.ClickException(str(e)) from e

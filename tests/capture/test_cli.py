@@ -1,0 +1,129 @@
+"""``macssim capture`` through click's runner, and the stage's public edges."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import macssim.capture
+from macssim import CaptureError
+from macssim.cli import main
+from macssim.trace import open_trace
+
+
+def test_list_families_names_every_family():
+    result = CliRunner().invoke(main, ["capture", "--list-families"])
+    assert result.exit_code == 0
+    for name in ("qwen3-vl-moe", "glm4v-moe", "ernie4.5-vl", "llama4", "aria", "qwen3.5-moe",
+                 "internvl-moe", "mixtral", "olmoe", "qwen2-moe", "qwen3-moe", "deepseek-v2",
+                 "deepseek-v3"):
+        assert f"\n{name} " in "\n" + result.output
+
+
+def test_tiny_capture_prints_a_table_and_writes_the_trace(tmp_path):
+    out = tmp_path / "tiny.mtrace"
+    result = CliRunner().invoke(main, ["capture", "--tiny", "deepseek-v3", "-o", str(out),
+                                       "--decode-steps", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output
+    for row in ("model", "requests", "steps", "tokens", "modality", "time"):
+        assert f"  {row}" in result.output
+    trace = open_trace(out)
+    assert trace.provenance["command"].startswith("macssim")
+    assert trace.model.score_function == "sigmoid" and trace.model.moe_layers == (1, 2)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--tiny", "gpt2"], "Error: unknown model family 'gpt2'; supported: qwen3-vl-moe"),
+    ([], "give exactly one of --model, --tiny"),
+    (["--tiny", "mixtral", "--model", "x"], "give exactly one of"),
+    (["--tiny", "mixtral", "--batch-size", "0"], 'Error: "batch_size" must be >= 1'),
+])
+def test_bad_invocations_fail_in_one_line(args, message, tmp_path):
+    result = CliRunner().invoke(main, ["capture", *args, "-o", str(tmp_path / "x.mtrace")])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_import_vllm_from_the_command_line(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = np.stack([np.stack([rng.choice(128, 8, replace=False) for _ in range(48)])
+                    for _ in range(6)])
+    np.save(tmp_path / "r.npy", ids)
+    out = tmp_path / "v.mtrace"
+    runner = CliRunner()
+    missing = runner.invoke(main, ["capture", "--import-vllm", str(tmp_path / "r.npy")])
+    assert missing.exit_code != 0 and "--facts is required" in missing.output
+    result = runner.invoke(main, ["capture", "--import-vllm", str(tmp_path / "r.npy"),
+                                  "--facts", "qwen3-vl-30b-a3b", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ids only" in result.output
+    step = open_trace(out).step(0)
+    np.testing.assert_array_equal(step.topk_ids, ids.transpose(1, 0, 2))
+
+
+def test_import_sglang_from_the_command_line(tmp_path):
+    ids = [[[-1] * 8] * 2] + [[[1, 4] + [-1] * 6, [7, 2] + [-1] * 6]] * 3  # [4 layers][2][8]
+    dump = {"records": [{"forward_pass_id": 0, "rank": 3, "input_ids": [5, 6],
+                         "positions": [0, 1], "extend_seq_lens": [2], "forward_mode": 1,
+                         "topk_ids_of_layer": ids}]}
+    (tmp_path / "d.json").write_text(json.dumps(dump))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "qwen3_moe", "num_hidden_layers": 4,
+                                  "num_experts": 8, "num_experts_per_tok": 2,
+                                  "hidden_size": 16, "intermediate_size": 16,
+                                  "moe_intermediate_size": 8, "num_attention_heads": 2,
+                                  "num_key_value_heads": 1, "head_dim": 8,
+                                  "vocab_size": 32, "mlp_only_layers": [0]}))
+    out = tmp_path / "s.mtrace"
+    result = CliRunner().invoke(main, ["capture", "--import-sglang", str(tmp_path / "d.json"),
+                                       "--facts", str(config), "--rank", "3", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    step = open_trace(out).step(0)
+    np.testing.assert_array_equal(step.topk_ids[:, 1], [[7, 2]] * 3)
+    assert step.topk_ids.shape == (3, 2, 2)  # layer 0 is dense (mlp_only_layers)
+
+
+def test_facts_from_a_config_json(tmp_path):
+    """--facts config.json builds the model on the meta device to find its MoE layers."""
+    pytest.importorskip("transformers")
+    from macssim.capture import facts_for
+    from macssim.capture._tiny import tiny_config
+
+    config = tiny_config("glm4v-moe")
+    config.save_pretrained(tmp_path)
+    facts = facts_for(str(tmp_path / "config.json"))
+    assert facts.moe_layers == (1, 2) and facts.num_layers == 3  # first_k_dense_replace 1
+    assert (facts.num_experts, facts.top_k, facts.num_shared_experts) == (8, 2, 1)
+    assert facts.score_function == "sigmoid" and facts.vision_flops_per_token > 0
+    with pytest.raises(CaptureError, match="unknown model preset 'nope'"):
+        facts_for("nope")
+
+
+def test_public_surface():
+    for name in macssim.capture.__all__:
+        assert hasattr(macssim.capture, name), name
+    assert {"record_routing", "capture_trace", "list_families", "build_tiny_model",
+            "import_vllm", "import_sglang"} <= set(macssim.capture.__all__)
+
+
+def test_importing_capture_leaves_transformers_unloaded():
+    code = ("import sys, macssim, macssim.capture, macssim.cli.capture; "
+            "print(json.dumps(['transformers' in sys.modules, 'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], check=True,
+                         capture_output=True, text=True).stdout
+    assert json.loads(out) == [False, False]
+
+
+def test_missing_transformers_says_how_to_install(monkeypatch):
+    from macssim.capture._load import require_transformers
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(CaptureError, match=r'pip install -e "\.\[capture\]"'):
+        require_transformers()
