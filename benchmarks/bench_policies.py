@@ -3,9 +3,9 @@ k = 8, 8 GPUs (the Qwen3-VL-30B-A3B shape at EP8). Run on demand:
 
     python benchmarks/bench_policies.py [--device cpu|cuda] [--tokens 16384] [--repeats 10]
 
-Scores come from the synthetic generator's first prefill step of the ``docvqa`` scenario
-when it holds enough tokens, padded by repetition to T; ratios to token-drop are measured
-in the same run (the machines are shared and noisy; absolute times are indicative)."""
+Scores come from the calibrated synthetic generator (a prefill of the ``mixed`` scenario by
+default, cut to T tokens); ratios to token-drop are measured in the same run (the
+machines are shared and noisy; absolute times are indicative)."""
 
 from __future__ import annotations
 
@@ -19,41 +19,55 @@ import torch
 from macssim.policies import get_policy
 
 
-def batch(num_tokens: int, num_experts: int, seed: int, skew_sigma: float, visual_frac: float):
-    """Router scores with log-normal expert popularity (per-layer skew) and per-token
-    noise; ~visual_frac image tokens with entropies in nats."""
-    g = torch.Generator().manual_seed(seed)
-    popularity = torch.randn(num_experts, generator=g) * skew_sigma
-    logits = popularity + torch.randn(num_tokens, num_experts, generator=g) * 1.2
-    scores = torch.softmax(logits, dim=1)
-    modality = (torch.rand(num_tokens, generator=g) < visual_frac).to(torch.uint8)
-    entropy = 5.5 + torch.randn(num_tokens, generator=g) * 0.6
-    return scores, modality, entropy
+def synthetic_layer(num_tokens: int, scenario: str, seed: int, layer: int):
+    """One MoE layer of a synthetic prefill of the Qwen3-VL-30B-A3B preset (the calibrated
+    routing model of docs/synthetic.md), cut to ``num_tokens`` tokens."""
+    import dataclasses
+
+    from macssim.trace import get_model_preset, get_scenario, synthetic_steps
+
+    preset = get_model_preset("qwen3-vl-30b-a3b")
+    model = dataclasses.replace(preset, moe_layers=(layer,))  # one layer is enough
+    sc = get_scenario(scenario)
+    batch_size = max(1, int(2 * num_tokens / sc.mean_prompt_tokens()) + 1)
+    step = next(synthetic_steps(model, sc.with_overrides(batch_size=batch_size), 1, seed))
+    if step.num_tokens < num_tokens:
+        raise SystemExit(f"prefill has {step.num_tokens} tokens < {num_tokens}")
+    take = slice(0, num_tokens)
+    return (torch.from_numpy(step.scores[0, take].astype(np.float32)),
+            torch.from_numpy(step.topk_ids[0, take]), torch.from_numpy(step.modality[take]),
+            torch.from_numpy(step.entropy[0, take]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--experts", type=int, default=128)
     ap.add_argument("--top-k", type=int, default=8)
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--skew-sigma", type=float, default=0.6,
-                    help="log-normal sigma of expert popularity (0.6 gives ~20%% overflow at γ=1)")
+    ap.add_argument("--scenario", default="mixed")
+    ap.add_argument("--capacity-factor", type=float, default=1.0)
+    ap.add_argument("--compute-topk", action="store_true",
+                    help="let each policy compute top-k from the scores instead of taking the "
+                    "router's ids from the trace")
     args = ap.parse_args()
     dev = torch.device(args.device)
-    scores, modality, entropy = (x.to(dev) for x in batch(
-        args.tokens, args.experts, 0, args.skew_sigma, visual_frac=0.8))
-    placement = (torch.arange(args.experts) * args.gpus // args.experts).to(dev)
-    labels = torch.from_numpy(np.random.default_rng(0).integers(-1, 2, args.experts)).to(dev)
+    scores, topk_ids, modality, entropy = (x.to(dev) for x in synthetic_layer(
+        args.tokens, args.scenario, 0, layer=0))
+    num_experts = scores.shape[1]
+    placement = (torch.arange(num_experts) * args.gpus // num_experts).to(dev)
+    labels = torch.from_numpy(np.random.default_rng(0).integers(-1, 2, num_experts)).to(dev)
     kw = dict(top_k=args.top_k, modality=modality, entropy=entropy, placement=placement,
-              expert_labels=labels)
-    print(f"T={args.tokens} E={args.experts} k={args.top_k} G={args.gpus} device={dev} "
+              expert_labels=labels, topk_ids=None if args.compute_topk else topk_ids)
+    print(f"T={args.tokens} E={num_experts} k={args.top_k} G={args.gpus} device={dev} "
           f"threads={torch.get_num_threads()}")
     results = {}
+    print(f"scenario {args.scenario}: {(modality > 0).float().mean():.0%} visual tokens, "
+          f"γ={args.capacity_factor}")
     for name in ("vanilla", "token-drop", "expanded-drop", "macs"):
-        policy = get_policy(name)
+        policy = get_policy(name, **({} if name == "vanilla" else
+                                     {"capacity_factor": args.capacity_factor}))
         plan = policy(scores, **kw)  # warm-up
         times = []
         for _ in range(args.repeats):

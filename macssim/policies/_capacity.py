@@ -77,7 +77,10 @@ def _group_then_priority(group: torch.Tensor, priority: list[torch.Tensor]) -> t
     if len(priority) == 2:
         by_priority = torch.sort((_desc31(priority[0]) << 31) | _desc31(priority[1]),
                                  stable=True).indices
-        return by_priority[torch.sort(group[by_priority], stable=True).indices]
+        grp = group[by_priority]
+        if group.numel() and int(group.max()) < 2**31:
+            grp = grp.int()  # a stable sort of int32 keys is ~3x faster than of int64
+        return by_priority[torch.sort(grp, stable=True).indices]
     raise ValueError("at most two priority keys")
 
 
@@ -112,9 +115,7 @@ def admit_by_priority(expert: torch.Tensor, size: torch.Tensor, capacity: torch.
     # A relative tolerance absorbs float summation error on weighted loads; counts are exact.
     tol = 1e-9 * torch.clamp(capacity[e_sorted], min=1.0)
     admitted_sorted = within <= capacity[e_sorted] + tol
-    admitted = torch.empty(n, dtype=torch.bool, device=expert.device)
-    admitted[perm] = admitted_sorted
-    return admitted
+    return torch.empty_like(admitted_sorted).scatter_(0, perm, admitted_sorted)
 
 
 def _gpu_expert_table(expert_gpu: torch.Tensor) -> torch.Tensor:

@@ -132,8 +132,8 @@ def semantic_reroute(b: LayerBatch, weights: torch.Tensor, capacity: torch.Tenso
                                  [w_row.repeat_interleave(k),
                                   torch.gather(b.scores, 1, b.ids).reshape(-1)])
     admitted = admitted.view_as(b.ids)
-    load = torch.zeros_like(cap).index_add_(
-        0, global_ids[admitted], w_row.double().unsqueeze(1).expand_as(b.ids)[admitted])
+    load = torch.bincount(global_ids.reshape(-1), weights=size * admitted.reshape(-1),
+                          minlength=cap.shape[0])
     new_ids, rerouted = reroute_local(b.scores, b.ids, ~admitted, expert_gpu, load, cap,
                                       w_row.double(), token_priority=w_row, group=b.group)
     return new_ids, admitted | rerouted, rerouted
