@@ -19,8 +19,9 @@ SETTINGS = settings(max_examples=60, deadline=None,
 
 @st.composite
 def batches(draw, max_tokens=40):
-    """A layer's batch: scores with frequent ties (logits from a small integer grid, or
-    continuous), k, a placement, modality and entropy."""
+    """``max_tokens`` 40 keeps the slow twins quick; invariants also run up to 3000."""
+    # A layer's batch: scores with frequent ties (logits from a small integer grid, or
+    # continuous), k, a placement, modality and entropy.
     num_gpus = draw(st.integers(1, 4))
     per_gpu = draw(st.integers(1, 4))
     num_experts = num_gpus * per_gpu - draw(st.integers(0, min(per_gpu - 1, 1)) if per_gpu > 1
@@ -111,7 +112,8 @@ def test_macs_matches_its_twin(b):
 
 
 @SETTINGS
-@given(batches(), st.sampled_from(["token-drop", "expanded-drop", "macs"]))
+@given(st.one_of(batches(), batches(max_tokens=3000)),
+       st.sampled_from(["token-drop", "expanded-drop", "macs"]))
 def test_capacity_invariants(b, name):
     plan = run(name, b)
     T, E = b["scores"].shape
@@ -128,9 +130,9 @@ def test_capacity_invariants(b, name):
     assert plan.drops.total("rerouted_assignments") == int(rer.sum())
     assert not (rer & ~kept).any()
     # A token never holds one expert twice among its kept slots.
-    for t in range(T):
-        kept_ids = ids[t][kept[t]]
-        assert len(set(kept_ids.tolist())) == len(kept_ids)
+    masked = np.where(kept, ids, -1 - np.arange(k))  # dropped slots get distinct fillers
+    srt = np.sort(masked, axis=1)
+    assert not (srt[:, 1:] == srt[:, :-1]).any()
     # Rerouting stays on the GPU of the expert the slot overflowed from.
     original = ref.topk_ref(b["scores"].numpy(), k)
     gpu = b["placement"].numpy()
