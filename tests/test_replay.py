@@ -71,7 +71,7 @@ def test_report_files_and_run_record(result, tmp_path):
     run = json.loads((tmp_path / "rep" / "run.json").read_text())
     assert run["seed"] == 0 and len(run["trace_sha256"]) == 64
     assert run["command_line"] == ["macssim", "replay"]
-    summary = report.summary.set_index("policy")
+    summary = report.summary[report.summary.kind == "all"].set_index("policy")
     assert summary.loc["token-drop", "moe_latency_mean_s_vs_token_drop"] == 1.0
     # Ratios are what they say: the policy's figure over token-drop's.
     ratio = summary.loc["macs", "moe_latency_mean_s"] / summary.loc["token-drop",
@@ -83,13 +83,23 @@ def test_report_files_and_run_record(result, tmp_path):
 
 def test_summary_matches_layer_records(result, tmp_path):
     report = write_report(result, tmp_path / "rep", command_line=[])
-    summary = report.summary.set_index("policy")
+    summary = report.summary.set_index(["policy", "kind"])
+    assert set(summary.index.get_level_values("kind")) == {"all", "prefill", "decode"}
     for policy in result.policies:
-        lay = result.layers[result.layers.policy == policy]
-        assert summary.loc[policy, "straggler_delay_mean_s"] == pytest.approx(
-            lay.straggler_delay_s.mean())
-        assert summary.loc[policy, "moe_latency_p99_s"] == pytest.approx(
-            np.percentile(lay.moe_latency_s, 99))
+        for kind in ("all", "prefill", "decode"):
+            lay = result.layers[result.layers.policy == policy]
+            if kind != "all":
+                lay = lay[lay.kind == kind]
+            assert summary.loc[(policy, kind), "straggler_delay_mean_s"] == pytest.approx(
+                lay.straggler_delay_s.mean())
+            assert summary.loc[(policy, kind), "moe_latency_p99_s"] == pytest.approx(
+                np.percentile(lay.moe_latency_s, 99))
+    # Ratios compare rows of the same kind.
+    for kind in ("prefill", "decode"):
+        ratio = (summary.loc[("macs", kind), "moe_latency_mean_s"]
+                 / summary.loc[("token-drop", kind), "moe_latency_mean_s"])
+        assert summary.loc[("macs", kind), "moe_latency_mean_s_vs_token_drop"] == (
+            pytest.approx(ratio))
 
 
 def test_bad_inputs_are_named(small_trace, tmp_path):

@@ -130,21 +130,25 @@ def _print_summary(summary, result) -> None:
                f"{m.num_moe_layers} MoE layers, E={m.num_experts}, k={m.top_k}, "
                f"γ={result.config.capacity_factor:g}")
     click.echo("")
+    by_kind = summary[summary.kind != "all"] if (summary.kind != "all").any() else summary
     rows = []
-    for _, r in summary.iterrows():
+    for _, r in by_kind.iterrows():
         ratio = r.get("moe_latency_mean_s_vs_token_drop", float("nan"))
-        rows.append([r.policy, r.moe_latency_mean_s * 1e6, r.moe_latency_p99_s * 1e6,
-                     r.straggler_delay_mean_s * 1e6, r.straggler_share, r.imbalance_mean,
-                     r.step_latency_mean_s * 1e3, r.tokens_per_s, r.moe_share, ratio])
-    echo_table(["policy", "MoE lat mean µs", "p99 µs", "straggler µs", "strag share",
-                "imbalance", "step ms", "tokens/s", "MoE share", "MoE lat vs TD"], rows)
+        rows.append([r.policy, r.kind, r.steps, r.moe_latency_mean_s * 1e6,
+                     r.moe_latency_p99_s * 1e6, r.straggler_delay_mean_s * 1e6,
+                     r.straggler_share, r.imbalance_mean, r.step_latency_mean_s * 1e3,
+                     r.tokens_per_s, r.moe_share, ratio])
+    echo_table(["policy", "kind", "steps", "MoE lat mean µs", "p99 µs", "straggler µs",
+                "strag share", "imbalance", "step ms", "tokens/s", "MoE share",
+                "MoE lat vs TD"], rows)
     click.echo("")
     modalities = [c.removeprefix("dropped_semantic_mass_frac_") for c in summary.columns
                   if c.startswith("dropped_semantic_mass_frac_") and "_vs_" not in c]
+    click.echo("what each policy dropped (fractions over all steps):")
     headers = ["policy", "dropped assign", "dropped gate mass", "dropped semantic"]
     headers += [f"semantic {m}" for m in modalities] + ["lost all k", "semantic vs TD"]
     rows = []
-    for _, r in summary.iterrows():
+    for _, r in summary[summary.kind == "all"].iterrows():
         rows.append([r.policy, r.dropped_assignments_frac, r.dropped_gate_mass_frac,
                      r.dropped_semantic_mass_frac]
                     + [r[f"dropped_semantic_mass_frac_{m}"] for m in modalities]

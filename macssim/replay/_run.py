@@ -85,7 +85,7 @@ class ReplayResult:
     gpu_load: dict[str, np.ndarray]
     """Policy -> [L, G] kept assignments per MoE layer and GPU, summed over steps."""
     drops: pd.DataFrame
-    """One row per policy × modality: totals of what the plans dropped."""
+    """One row per policy × step kind × modality: totals of what the plans dropped."""
     timelines: dict[str, dict[str, Any]]
     """Policy -> Perfetto/Chrome trace document of the first step."""
     versions: dict[str, str] = field(default_factory=dict)
@@ -181,7 +181,7 @@ def replay(config: ReplayConfig,
     layer_rows: list[dict[str, Any]] = []
     step_rows: list[dict[str, Any]] = []
     phase_frames: list[pd.DataFrame] = []
-    drop_tally: dict[tuple[str, str], dict[str, float]] = {}
+    drop_tally: dict[tuple[str, str, str], dict[str, float]] = {}
     gpu_load = {name: np.zeros((model.num_moe_layers, topology.num_gpus), dtype=np.int64)
                 for name in policies}
     chrome: dict[str, dict[str, Any]] = {}
@@ -202,7 +202,7 @@ def replay(config: ReplayConfig,
                 gpu_load[name][layer] += np.bincount(placement.expert_to_gpu[ids[kept]],
                                                      minlength=topology.num_gpus)
                 per_layer_drops.append(plan.drops)
-                _tally(drop_tally, name, plan.drops)
+                _tally(drop_tally, (name, step.kind), plan.drops)
             result = simulate_step(topology, model, placement, step_kind=step.kind,
                                    token_gpu=token_gpu, position=step.position,
                                    modality=step.modality, layers=routings,
@@ -223,8 +223,8 @@ def replay(config: ReplayConfig,
             done += 1
             if progress is not None:
                 progress(done, total)
-    drops = pd.DataFrame([{"policy": p, "modality": m, **v}
-                          for (p, m), v in drop_tally.items()])
+    drops = pd.DataFrame([{"policy": p, "kind": kind, "modality": m, **v}
+                          for (p, kind, m), v in drop_tally.items()])
     return ReplayResult(
         config=config, model=model, topology=topology, trace_sha256=trace.sha256(),
         policies=tuple(policies), layers=pd.DataFrame(layer_rows),
@@ -239,9 +239,9 @@ _DROP_FIELDS = ("assignments", "dropped_assignments", "rerouted_assignments", "g
                 "tokens_lost_all")
 
 
-def _tally(tally, policy: str, drops) -> None:
+def _tally(tally, key: tuple[str, str], drops) -> None:
     for modality in drops.tokens:
-        row = tally.setdefault((policy, modality), dict.fromkeys(_DROP_FIELDS, 0.0))
+        row = tally.setdefault((*key, modality), dict.fromkeys(_DROP_FIELDS, 0.0))
         for f in _DROP_FIELDS:
             row[f] += getattr(drops, f)[modality]
 

@@ -30,38 +30,58 @@ SUMMARY_COLUMNS: dict[str, str] = {
 
 def summarize(layers: pd.DataFrame, steps: pd.DataFrame, drops: pd.DataFrame,
               policies: tuple[str, ...]) -> pd.DataFrame:
-    """One row per policy (in ``policies`` order); drop fractions also per modality."""
+    """Rows per policy (in ``policies`` order) and step kind: ``all``, then ``prefill``
+    and ``decode`` when the trace has both (their MoE layers differ by orders of
+    magnitude, so a mean over both hides each). Drop fractions also per modality; ratios
+    to token-drop compare rows of the same kind."""
+    kinds = ["all"]
+    present = [k for k in ("prefill", "decode") if k in set(steps.kind)]
+    if len(present) > 1:
+        kinds += present
     rows = []
     for policy in policies:
-        lay = layers[layers.policy == policy]
-        stp = steps[steps.policy == policy]
-        drp = drops[drops.policy == policy].set_index("modality")
-        moe = lay.moe_latency_s.to_numpy()
-        row = {
-            "policy": policy,
-            "moe_latency_mean_s": float(moe.mean()),
-            "moe_latency_p99_s": float(np.percentile(moe, 99)),
-            "straggler_delay_mean_s": float(lay.straggler_delay_s.mean()),
-            "straggler_share": float(lay.straggler_delay_s.sum() / moe.sum()) if moe.sum() else 0.0,
-            "imbalance_mean": float(lay.imbalance.mean()),
-            "imbalance_max": float(lay.imbalance.max()),
-            "step_latency_mean_s": float(stp.step_latency_s.mean()),
-            "tokens_per_s": float(stp.tokens.sum() / stp.step_latency_s.sum()),
-            "moe_share": float(moe.sum() / stp.step_latency_s.sum()),
-        }
-        totals = drp.sum(numeric_only=True)
-        for name in ("assignments", "gate_mass", "semantic_mass"):
-            row[f"dropped_{name}_frac"] = _frac(totals[f"dropped_{name}"], totals[name])
-            for modality, r in drp.iterrows():
-                row[f"dropped_{name}_frac_{modality}"] = _frac(r[f"dropped_{name}"], r[name])
-        row["tokens_lost_all"] = int(totals["tokens_lost_all"])
-        rows.append(row)
+        for kind in kinds:
+            rows.append(_row(policy, kind, *(_pick(df, policy, kind)
+                                             for df in (layers, steps, drops))))
     table = pd.DataFrame(rows)
     if BASELINE in set(table.policy):
-        base = table[table.policy == BASELINE].iloc[0]
         for col in SUMMARY_COLUMNS:
-            table[f"{col}_vs_token_drop"] = table[col] / base[col] if base[col] else np.nan
+            base = table[table.policy == BASELINE].set_index("kind")[col]
+            ratio = table[col] / table.kind.map(base)
+            table[f"{col}_vs_token_drop"] = ratio.where(table.kind.map(base) != 0)
     return table
+
+
+def _pick(df: pd.DataFrame, policy: str, kind: str) -> pd.DataFrame:
+    mask = df.policy == policy
+    return df[mask if kind == "all" else mask & (df.kind == kind)]
+
+
+def _row(policy: str, kind: str, lay: pd.DataFrame, stp: pd.DataFrame,
+         drp: pd.DataFrame) -> dict:
+    moe = lay.moe_latency_s.to_numpy()
+    row = {
+        "policy": policy,
+        "kind": kind,
+        "steps": int(stp.step.nunique()),
+        "moe_latency_mean_s": float(moe.mean()),
+        "moe_latency_p99_s": float(np.percentile(moe, 99)),
+        "straggler_delay_mean_s": float(lay.straggler_delay_s.mean()),
+        "straggler_share": float(lay.straggler_delay_s.sum() / moe.sum()) if moe.sum() else 0.0,
+        "imbalance_mean": float(lay.imbalance.mean()),
+        "imbalance_max": float(lay.imbalance.max()),
+        "step_latency_mean_s": float(stp.step_latency_s.mean()),
+        "tokens_per_s": float(stp.tokens.sum() / stp.step_latency_s.sum()),
+        "moe_share": float(moe.sum() / stp.step_latency_s.sum()),
+    }
+    by_modality = drp.groupby("modality").sum(numeric_only=True)
+    totals = by_modality.sum()
+    for name in ("assignments", "gate_mass", "semantic_mass"):
+        row[f"dropped_{name}_frac"] = _frac(totals[f"dropped_{name}"], totals[name])
+        for modality, r in by_modality.iterrows():
+            row[f"dropped_{name}_frac_{modality}"] = _frac(r[f"dropped_{name}"], r[name])
+    row["tokens_lost_all"] = int(totals["tokens_lost_all"])
+    return row
 
 
 def _frac(num: float, den: float) -> float:
