@@ -40,29 +40,48 @@ def _relative(load: np.ndarray) -> np.ndarray:
     return np.divide(load, mean, out=np.zeros(load.shape), where=mean > 0)
 
 
+def _kinds(layers: pd.DataFrame) -> list[str]:
+    """Prefill and decode layers differ by orders of magnitude: one panel each."""
+    return [k for k in ("prefill", "decode") if k in set(layers.kind)] or ["all"]
+
+
+def _panels(kinds: list[str]):
+    fig, axes = plt.subplots(1, len(kinds), figsize=(7 * len(kinds), 4.5), squeeze=False)
+    return fig, dict(zip(kinds, axes[0], strict=True))
+
+
+def _of_kind(layers: pd.DataFrame, policy: str, kind: str) -> pd.DataFrame:
+    mask = layers.policy == policy
+    return layers[mask if kind == "all" else mask & (layers.kind == kind)]
+
+
 def plot_straggler_per_layer(layers: pd.DataFrame, policies: tuple[str, ...], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name in policies:
-        per = layers[layers.policy == name].groupby("layer").straggler_delay_s.mean()
-        ax.plot(per.index, per.to_numpy() * 1e6, marker=".", label=name)
-    ax.set_xlabel("MoE layer")
-    ax.set_ylabel("straggler_delay_s, mean over steps (µs)")
-    ax.set_title("Straggler delay per layer")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    kinds = _kinds(layers)
+    fig, axes = _panels(kinds)
+    for kind, ax in axes.items():
+        for name in policies:
+            per = _of_kind(layers, name, kind).groupby("layer").straggler_delay_s.mean()
+            ax.plot(per.index, per.to_numpy() * 1e6, marker=".", label=name)
+        ax.set_xlabel("MoE layer")
+        ax.set_ylabel("straggler_delay_s, mean over steps (µs)")
+        ax.set_title(f"Straggler delay per layer — {kind} steps")
+        ax.grid(alpha=0.3)
+        ax.legend()
     return _save(fig, path)
 
 
 def plot_latency_cdf(layers: pd.DataFrame, policies: tuple[str, ...], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name in policies:
-        x = np.sort(layers[layers.policy == name].moe_latency_s.to_numpy()) * 1e6
-        ax.step(x, np.arange(1, x.size + 1) / x.size, where="post", label=name)
-    ax.set_xlabel("moe_latency_s (µs)")
-    ax.set_ylabel("fraction of steps × MoE layers")
-    ax.set_title("MoE-layer latency CDF")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    kinds = _kinds(layers)
+    fig, axes = _panels(kinds)
+    for kind, ax in axes.items():
+        for name in policies:
+            x = np.sort(_of_kind(layers, name, kind).moe_latency_s.to_numpy()) * 1e6
+            ax.step(x, np.arange(1, x.size + 1) / x.size, where="post", label=name)
+        ax.set_xlabel("moe_latency_s (µs)")
+        ax.set_ylabel("fraction of MoE layers")
+        ax.set_title(f"MoE-layer latency CDF — {kind} steps")
+        ax.grid(alpha=0.3)
+        ax.legend()
     return _save(fig, path)
 
 
