@@ -210,7 +210,10 @@ def reroute_local(scores: torch.Tensor, expert_ids: torch.Tensor, overflow: torc
     pad = (table < 0).repeat(num_groups, 1)
     room_row = group[tok] * num_gpus + gpu
     while tok.numel():
-        room = (capacity - load + slack)[room_index].masked_fill_(pad, -1.0)
+        # One room, with one float slack, for both "does it fit" and the admission below:
+        # a proposal that fits alone is then always admitted when it comes first.
+        room_flat = capacity - load + slack
+        room = room_flat[room_index].masked_fill_(pad, -1.0)
         fits = room[room_row] >= token_size[tok].unsqueeze(1)
         best_score, best = torch.where(fits, cand_score, -1.0).max(dim=1)   # first max: lower id
         alive = best_score > 0
@@ -233,8 +236,10 @@ def reroute_local(scores: torch.Tensor, expert_ids: torch.Tensor, overflow: torc
         if token_priority is not None:
             priority.insert(0, token_priority[p_tok].float())
         admitted = admit_by_priority(p_global, token_size[p_tok].double(),
-                                     (capacity - load).double(), priority)
+                                     room_flat.double(), priority)
         win = prop_idx[admitted]
+        if win.numel() == 0:  # each targeted expert admits its first proposal: never empty
+            raise RuntimeError("reroute_local made no progress; please report this input")
         w_tok, w_slot, w_target = tok[win], slot[win], target[win]
         new_ids[w_tok, w_slot] = w_target
         rerouted[w_tok, w_slot] = True

@@ -88,9 +88,9 @@ def reroute_ref(scores, ids, kept, gpu, cap, size, prio=None):
             mine = [p for p in deduped if p[2] == e]
             mine.sort(key=lambda p: (-(prio[p[0]] if prio is not None else 0),
                                      -scores[p[0], e], p[0], p[1]))
-            room, used = cap[e] - load[e], 0.0
+            room, used = cap[e] - load[e] + 1e-9 * max(cap[e], 1.0), 0.0
             for t, j, _ in mine:
-                if used + size[t] <= room + 1e-9 * max(cap[e], 1.0):
+                if used + size[t] <= room + 1e-9 * max(room, 1.0):
                     used += size[t]
                     winners.add((t, j, e))
                 else:

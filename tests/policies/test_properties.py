@@ -191,3 +191,33 @@ def test_b_layers_in_one_call_equal_b_calls(name):
         assert plan.drops == single.drops
         if single.capacity is not None:
             assert torch.equal(plan.capacity, single.capacity)
+
+
+def test_reroute_admits_what_fits_even_at_float_edges():
+    """Regression: a load a hair over a fractional capacity once let a tiny-weight
+    proposal pass the fit check yet fail admission, forever. It must be admitted."""
+    from macssim.policies._capacity import reroute_local
+
+    new_ids, rerouted = reroute_local(
+        scores=torch.tensor([[0.6, 0.4]]), expert_ids=torch.tensor([[0]]),
+        overflow=torch.tensor([[True]]), expert_gpu=torch.tensor([0, 0]),
+        load=torch.tensor([100.0, 100.0 + 5e-8], dtype=torch.float64),
+        capacity=torch.tensor([100.0, 100.0], dtype=torch.float64),
+        token_size=torch.tensor([1e-8], dtype=torch.float64))
+    assert new_ids.tolist() == [[1]] and rerouted.tolist() == [[True]]
+
+
+def test_macs_with_labels_and_steep_weights_terminates(small_trace):
+    """The configuration that exposed the regression above: fractional capacities
+    (labels, ρ) and near-zero weights (large δ) on a real prefill."""
+    from macssim.policies import expert_labels_from_trace
+    from macssim.trace import open_trace
+
+    trace = open_trace(small_trace)
+    step = trace.step(0)
+    labels = torch.from_numpy(expert_labels_from_trace(trace))
+    plan = get_policy("macs", capacity_factor=0.75, delta=4.0, rho=0.5)(
+        torch.from_numpy(step.scores), top_k=4, placement=torch.arange(32) // 4,
+        modality=torch.from_numpy(step.modality), entropy=torch.from_numpy(step.entropy),
+        topk_ids=torch.from_numpy(step.topk_ids), expert_labels=labels)
+    assert plan.kept.shape == step.topk_ids.shape
