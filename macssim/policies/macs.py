@@ -12,7 +12,9 @@ Every function takes one layer or B layers at once (a leading B dimension).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -43,8 +45,17 @@ class MacsParams:
     """ε in the entropy z-score H̃ = (H − μ) / (σ + ε)."""
     min_capacity: float = 1.0
     """Lower clamp of every expert's capacity, in semantic-weight units."""
+    capacity_basis: Literal["tokens", "weight"] = "tokens"
+    """What C_base counts. ``tokens``: C_base = ceil(γ·T·k/E), as DESIGN.md writes the
+    paper's formula — loads in w units then meet a capacity in token units, so an
+    image-heavy batch gets more room than Token Drop gives it. ``weight``: C_base =
+    ceil(γ·Σw·k/E), the same budget relative to the batch's semantic load. Both equal
+    Expanded Drop on text (Σw = T)."""
 
     def __post_init__(self) -> None:
+        if self.capacity_basis not in ("tokens", "weight"):
+            raise PolicyError(f'macs: "capacity_basis" must be tokens or weight, got '
+                              f"{self.capacity_basis!r}")
         for name in ("capacity_factor", "eps"):
             if not getattr(self, name) > 0:
                 raise PolicyError(f'macs: "{name}" must be > 0, got {getattr(self, name)!r}')
@@ -86,7 +97,8 @@ def modality_capacity(weights: torch.Tensor, modality: torch.Tensor,
                       expert_labels: torch.Tensor, num_experts: int, top_k: int,
                       params: MacsParams) -> torch.Tensor:
     """Step 2. C_j = C_base · (1 + ρ · m_j · (R_v − 0.5)), clamped below by min_capacity;
-    R_v = Σ_visual w / Σ_all w, m_j ∈ {+1 visual, −1 text, 0 shared}.
+    R_v = Σ_visual w / Σ_all w, m_j ∈ {+1 visual, −1 text, 0 shared}; C_base per
+    ``params.capacity_basis``.
 
     When the batch holds one modality only (R_v is 0 or 1) there is no mix to adapt to
     and every C_j = C_base: MACS then equals entropy-weighted Expanded Drop, and exactly
@@ -100,9 +112,16 @@ def modality_capacity(weights: torch.Tensor, modality: torch.Tensor,
     single = weights.dim() == 1
     w = weights.reshape(-1, weights.shape[-1]).double()
     num_tokens = w.shape[1]
-    base = float(megatron_capacity(num_tokens, top_k, num_experts, params.capacity_factor))
     labels = expert_labels.reshape(-1, num_experts).double()
     total = w.sum(dim=1, keepdim=True)
+    if params.capacity_basis == "tokens":
+        base = torch.full_like(total, float(megatron_capacity(
+            num_tokens, top_k, num_experts, params.capacity_factor)))
+    else:  # ceil((Σw·k/E)·γ) per layer, as Megatron rounds a token count
+        base = torch.tensor([[float(math.ceil((float(t) * top_k / num_experts)
+                                              * params.capacity_factor))]
+                             for t in total.reshape(-1).tolist()],
+                            dtype=torch.float64, device=w.device)
     r_v = w[:, visual_mask(modality)].sum(dim=1, keepdim=True) / total.clamp(min=1e-300)
     mixed = (r_v > 0) & (r_v < 1)
     scale = torch.where(mixed, 1.0 + params.rho * labels * (r_v - 0.5), torch.ones_like(labels))

@@ -122,11 +122,12 @@ def expanded_drop_ref(scores, k, gamma, gpu):
 
 
 def macs_ref(scores, k, gamma, gpu, modality, entropy, labels, delta=1.0, rho=0.5,
-             min_capacity=1.0):
+             min_capacity=1.0, capacity_basis="tokens"):
     T, E = scores.shape
     ids = topk_ref(scores, k)
     w = weights_ref(modality, entropy, delta)
-    base = float(capacity_ref(T, k, E, gamma))
+    base = float(capacity_ref(T, k, E, gamma) if capacity_basis == "tokens"
+                 else math.ceil((w.sum() * k / E) * gamma))
     r_v = sum(w[i] for i in range(T) if modality[i] in VISUAL) / w.sum()
     if 0 < r_v < 1:
         cap = np.array([max(base * (1 + rho * labels[e] * (r_v - 0.5)), min_capacity)

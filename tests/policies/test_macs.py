@@ -152,3 +152,21 @@ def test_on_a_synthetic_image_heavy_trace_macs_drops_less_semantic_mass(small_tr
         assert m.frac("semantic_mass") <= t.frac("semantic_mass")
     total = lambda plans, f: sum(d.total(f"dropped_{f}") for d in plans.drops)  # noqa: E731
     assert total(mc, "semantic_mass") < total(td, "semantic_mass")
+
+
+def test_weight_basis_spends_the_same_budget_on_semantic_load():
+    """capacity_basis="weight": C_base = ceil(γ·Σw·k/E) = ceil(11.857/4) = 3. Expert 0
+    admits both salient tokens (2·0.8497 = 1.699) and three redundant ones (+3·0.3596 =
+    2.778 <= 3; a fourth would make 3.138); the other three redundant are dropped."""
+    b = image_heavy_batch()
+    mu, sigma = 5.0, math.sqrt(3.0)
+    w_red, w_sal = _sigmoid(-(6 - mu) / sigma), _sigmoid(-(2 - mu) / sigma)
+    total = 8 + 6 * w_red + 2 * w_sal
+    assert math.ceil(total * 1 / 4) == 3
+    plan = get_policy("macs", capacity_basis="weight")(**b)
+    assert plan.capacity.tolist() == [3.0] * 4
+    kept = plan.kept[:, 0]
+    assert kept[6:8].all() and int(kept[:6].sum()) == 3 and kept[:3].all()
+    assert plan.drops.frac("semantic_mass") == pytest.approx(3 * w_red / total, rel=1e-6)
+    with pytest.raises(PolicyError, match="capacity_basis"):
+        get_policy("macs", capacity_basis="bytes")

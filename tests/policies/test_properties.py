@@ -98,12 +98,13 @@ def test_expanded_drop_matches_its_twin(b):
 
 
 @SETTINGS
-@given(batches())
-def test_macs_matches_its_twin(b):
-    plan = run("macs", b)
+@given(batches(), st.sampled_from(["tokens", "weight"]))
+def test_macs_matches_its_twin(b, basis):
+    plan = run("macs", b, capacity_basis=basis)
     ids, kept, rerouted, cap, w = ref.macs_ref(
         b["scores"].numpy(), b["k"], b["gamma"], b["placement"].numpy(),
-        b["modality"].numpy(), b["entropy"].numpy(), b["labels"].numpy())
+        b["modality"].numpy(), b["entropy"].numpy(), b["labels"].numpy(),
+        capacity_basis=basis)
     np.testing.assert_allclose(plan.semantic_weight.numpy(), w, rtol=1e-6)
     np.testing.assert_allclose(plan.capacity.numpy(), cap, rtol=1e-9)
     assert np.array_equal(plan.expert_ids.numpy(), ids)
@@ -143,10 +144,10 @@ def test_capacity_invariants(b, name):
 
 
 @SETTINGS
-@given(batches())
-def test_macs_on_text_only_batch_is_expanded_drop(b):
+@given(batches(), st.sampled_from(["tokens", "weight"]))
+def test_macs_on_text_only_batch_is_expanded_drop(b, basis):
     b = dict(b, modality=torch.zeros_like(b["modality"]))
-    m, x = run("macs", b), run("expanded-drop", b)
+    m, x = run("macs", b, capacity_basis=basis), run("expanded-drop", b)
     assert torch.equal(m.expert_ids, x.expert_ids)
     assert torch.equal(m.kept, x.kept)
     assert torch.equal(m.rerouted, x.rerouted)
