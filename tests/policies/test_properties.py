@@ -98,13 +98,19 @@ def test_expanded_drop_matches_its_twin(b):
 
 
 @SETTINGS
-@given(batches(), st.sampled_from(["tokens", "weight"]))
-def test_macs_matches_its_twin(b, basis):
-    plan = run("macs", b, capacity_basis=basis)
+@given(batches(), st.sampled_from(["tokens", "weight"]), st.sampled_from([1.0, 4.0, 8.0]),
+       st.sampled_from([0.5, 1.0]), st.booleans())
+def test_macs_matches_its_twin(b, basis, delta, rho, continuous_entropy):
+    """Steep δ and continuous entropies give many distinct, tiny weights; labels with ρ > 0
+    give fractional capacities: the float edges where admission must stay consistent."""
+    if continuous_entropy:
+        g = torch.Generator().manual_seed(int(b["scores"].shape[0]))
+        b = dict(b, entropy=torch.rand(b["scores"].shape[0], generator=g) * 3 + 4)
+    plan = run("macs", b, capacity_basis=basis, delta=delta, rho=rho)
     ids, kept, rerouted, cap, w = ref.macs_ref(
         b["scores"].numpy(), b["k"], b["gamma"], b["placement"].numpy(),
         b["modality"].numpy(), b["entropy"].numpy(), b["labels"].numpy(),
-        capacity_basis=basis)
+        capacity_basis=basis, delta=delta, rho=rho)
     np.testing.assert_allclose(plan.semantic_weight.numpy(), w, rtol=1e-6)
     np.testing.assert_allclose(plan.capacity.numpy(), cap, rtol=1e-9)
     assert np.array_equal(plan.expert_ids.numpy(), ids)
