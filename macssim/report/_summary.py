@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from macssim.replay import BASELINE_POLICY as BASELINE
+
 __all__ = ["SUMMARY_COLUMNS", "summarize"]
 
-BASELINE = "token-drop"
 
 # column -> (how it is computed, short label for the terminal)
 SUMMARY_COLUMNS: dict[str, str] = {
