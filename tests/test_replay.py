@@ -142,3 +142,24 @@ def test_cli_param_reaches_the_policy(small_trace, tmp_path):
     res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--policy", "macs",
                                     "--param", "macs.gamma=2", "--out", str(tmp_path / "r")])
     assert res.exit_code == 1 and "unknown parameter" in res.output
+
+
+def test_an_id_only_trace_replays_with_policies_that_need_no_scores(small_trace, tmp_path):
+    """vLLM/SGLang imports carry expert ids only: vanilla runs, the added token-drop
+    baseline keeps the first C tokens, and a rerouting policy says what it lacks."""
+    from macssim.trace import TraceWriter, open_trace
+
+    source = open_trace(small_trace)
+    ids_only = tmp_path / "ids.mtrace"
+    fields = ("modality", "request_id", "position", "topk_ids")
+    with TraceWriter(ids_only, source.model, {"source": "test"}, fields=fields) as w:
+        for s in source:
+            w.write(type(s)(index=s.index, kind=s.kind, modality=s.modality,
+                            request_id=s.request_id, position=s.position,
+                            topk_ids=s.topk_ids))
+    res = replay(config(ids_only, policies=("vanilla",)))
+    assert res.policies == ("vanilla", "token-drop")
+    assert res.policy_params["token-drop"]["drop_policy"] == "position"
+    assert (res.layers[res.layers.policy == "vanilla"].dropped_assignments == 0).all()
+    with pytest.raises(PolicyError, match="needs router scores"):
+        replay(config(ids_only, policies=("expanded-drop",)))

@@ -89,24 +89,28 @@ class ReplayResult:
     """One row per policy × step kind × modality: totals of what the plans dropped."""
     timelines: dict[str, dict[str, Any]]
     """Policy -> Perfetto/Chrome trace document of the first step."""
+    policy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Policy -> the parameters it ran with, defaults and the added baseline included."""
     versions: dict[str, str] = field(default_factory=dict)
 
 
-def _build_policies(config: ReplayConfig) -> dict[str, Policy]:
+def _build_policies(config: ReplayConfig, has_scores: bool) -> dict[str, Policy]:
     names = list(dict.fromkeys(config.policies))
     if not names:
         raise PolicyError("no policy given; known: vanilla, token-drop, expanded-drop, macs")
-    if BASELINE_POLICY not in names:
-        names.append(BASELINE_POLICY)
     unknown_params = set(config.policy_params) - set(names)
     if unknown_params:
         raise PolicyError(f"parameters given for policies not replayed: {sorted(unknown_params)}")
+    params = {name: dict(config.policy_params.get(name, {})) for name in names}
+    if BASELINE_POLICY not in names:
+        # Added as the baseline of the ratios; an id-only trace (vLLM/SGLang import) has no
+        # scores to rank by, so there it keeps the first C tokens (Megatron's "position").
+        params[BASELINE_POLICY] = {} if has_scores else {"drop_policy": "position"}
     out = {}
-    for name in names:
-        params = dict(config.policy_params.get(name, {}))
+    for name, p in params.items():
         if name != "vanilla":
-            params.setdefault("capacity_factor", config.capacity_factor)
-        out[name] = get_policy(name, **params)
+            p.setdefault("capacity_factor", config.capacity_factor)
+        out[name] = get_policy(name, **p)
     return out
 
 
@@ -157,7 +161,7 @@ def replay(config: ReplayConfig,
     topology = load_topology(config.topology)
     placement = contiguous_placement(model.num_experts, topology.num_gpus)
     _check_fit(model, topology, placement, config.trace)
-    policies = _build_policies(config)
+    policies = _build_policies(config, trace.has("scores"))
     for name, policy in policies.items():
         if policy.needs_scores and not trace.has("scores"):
             raise PolicyError(f"{config.trace}: policy {name} needs router scores; the trace has "
@@ -232,7 +236,8 @@ def replay(config: ReplayConfig,
         steps=pd.DataFrame(step_rows),
         phases=pd.concat(phase_frames, ignore_index=True) if phase_frames else None,
         gpu_load=gpu_load,
-        drops=drops, timelines=chrome, versions=_versions())
+        drops=drops, timelines=chrome, versions=_versions(),
+        policy_params={name: dict(p.params) for name, p in policies.items()})
 
 
 _DROP_FIELDS = ("assignments", "dropped_assignments", "rerouted_assignments", "gate_mass",

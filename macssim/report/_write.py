@@ -75,6 +75,7 @@ class ReportWriter:
             "model": result.model.name,
             "topology": result.topology.name,
             "policies_replayed": list(result.policies),
+            "policy_params": result.policy_params,
             "versions": result.versions,
         }
         (tmp / "run.json").write_text(json.dumps(run, indent=2) + "\n")
