@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from macssim._errors import CaptureError
-from macssim.capture._families import Family, get_family
+from macssim.capture._families import get_family
 from macssim.capture._hooks import RoutingRecorder
 from macssim.capture._inputs import (
     encode,
@@ -28,6 +28,7 @@ from macssim.capture._inputs import (
     tiny_requests,
     video_mode,
 )
+from macssim.capture._load import LoadedModel
 from macssim.capture._prompts import Prompt, builtin_prompts, load_inputs
 from macssim.trace import MODALITIES, Step, TraceWriter
 
@@ -74,14 +75,10 @@ class CaptureResult:
 
 
 @dataclass
-class _Session:
-    model: Any
-    processor: Any
-    family: Family
-    model_id: str
-    revision: str | None
-    device: str
-    tiny: bool
+class _Session(LoadedModel):
+    """A loaded (or tiny) model and what this capture decided about it."""
+
+    tiny: bool = False
     video_mode: str = "frames-as-images"
 
 
@@ -94,8 +91,7 @@ def _open_session(model: str | None, tiny: str | None, *, revision: str | None,
                            "a tiny family")
     if model is not None:
         loaded = load_model(model, revision=revision, device=device, dtype=dtype)
-        return _Session(loaded.model, loaded.processor, loaded.family, loaded.model_id,
-                        loaded.revision, loaded.device, tiny=False)
+        return _Session(**vars(loaded), tiny=False)
     from macssim.capture._tiny import build_tiny_model
     from macssim.capture._tiny_processor import TINY_PROCESSOR_FAMILIES, build_tiny_processor
 
