@@ -101,6 +101,26 @@ def admit_by_priority(expert: torch.Tensor, size: torch.Tensor, capacity: torch.
     n = expert.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.bool, device=expert.device)
+    # An expert whose whole demand fits admits everything: only the oversubscribed ones
+    # need ranking. (The margin keeps float summation order from mattering at the edge.)
+    limit = capacity + 1e-9 * torch.clamp(capacity, min=1.0)
+    demand = torch.bincount(expert, weights=size, minlength=capacity.shape[0])
+    easy = demand <= limit - 1e-12 * torch.clamp(limit.abs(), min=1.0)
+    contested = ~easy[expert]
+    if not bool(contested.any()):
+        return torch.ones(n, dtype=torch.bool, device=expert.device)
+    if not bool(contested.all()):
+        idx = torch.nonzero(contested, as_tuple=True)[0]   # ascending: input order kept
+        admitted = torch.ones(n, dtype=torch.bool, device=expert.device)
+        admitted[idx] = _admit_sorted(expert[idx], size[idx], capacity,
+                                      [p[idx] for p in priority])
+        return admitted
+    return _admit_sorted(expert, size, capacity, priority)
+
+
+def _admit_sorted(expert: torch.Tensor, size: torch.Tensor, capacity: torch.Tensor,
+                  priority: list[torch.Tensor]) -> torch.Tensor:
+    """``admit_by_priority`` by one stable sort: rank, running load, compare."""
     perm = _group_then_priority(expert, priority)
     e_sorted = expert[perm]
     cum = torch.cumsum(size[perm], dim=0)
