@@ -17,6 +17,7 @@ from macssim._errors import PolicyError
 
 __all__ = [
     "admit_by_priority",
+    "check_placement",
     "megatron_capacity",
     "reroute_local",
     "route_topk",
@@ -120,7 +121,7 @@ def admit_by_priority(expert: torch.Tensor, size: torch.Tensor, capacity: torch.
 
 def _admit_sorted(expert: torch.Tensor, size: torch.Tensor, capacity: torch.Tensor,
                   priority: list[torch.Tensor]) -> torch.Tensor:
-    """``admit_by_priority`` by one stable sort: rank, running load, compare."""
+    """``admit_by_priority`` on contested experts: stable ranking, running load, compare."""
     perm = _group_then_priority(expert, priority)
     e_sorted = expert[perm]
     cum = torch.cumsum(size[perm], dim=0)

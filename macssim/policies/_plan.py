@@ -7,6 +7,7 @@ and per-GPU loads follow from ``expert_ids[kept]``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -91,18 +92,9 @@ class DispatchPlan:
                              self.semantic_weight[b], self.drops[b])
                 for b in range(self.expert_ids.shape[0])]
 
-    def expert_load(self, num_experts: int) -> torch.Tensor:
-        """[E] int64 kept assignments per expert ([B, E] for B layers)."""
-        if not self.is_batched:
-            return torch.bincount(self.expert_ids[self.kept], minlength=num_experts)
-        b = torch.arange(self.expert_ids.shape[0], device=self.kept.device).view(-1, 1, 1)
-        flat = (b * num_experts + self.expert_ids)[self.kept]
-        return torch.bincount(flat, minlength=self.expert_ids.shape[0] * num_experts).view(
-            -1, num_experts)
 
-
-_INT_FIELDS = ("assignments", "dropped_assignments", "rerouted_assignments", "tokens",
-               "tokens_lost_all")
+_FIELDS = [(f.name, int if "int" in str(f.type) else float) for f in dataclasses.fields(DropStats)]
+"""DropStats' fields in order, with the type of their values (counts or masses)."""
 
 
 def drop_stats(original_weights: torch.Tensor, kept: torch.Tensor, rerouted: torch.Tensor,
@@ -147,16 +139,10 @@ def drop_stats(original_weights: torch.Tensor, kept: torch.Tensor, rerouted: tor
         count(slot_bin, dropped, sw),
         count(tok_bin).double(),
         count(tok_bin, ~kept.any(dim=2)).double(),
-    ]).cpu().numpy()                                                      # [9, B, M]
-    names = ("assignments", "dropped_assignments", "rerouted_assignments", "gate_mass",
-             "dropped_gate_mass", "semantic_mass", "dropped_semantic_mass", "tokens",
-             "tokens_lost_all")
+    ]).cpu().numpy()                                                      # [9, B, M], _FIELDS order
     out = []
     for b in range(num_layers):
-        present = [m for m in range(num_mod) if table[7, b, m] > 0]
-        values = {}
-        for i, name in enumerate(names):
-            cast = int if name in _INT_FIELDS else float
-            values[name] = {MODALITIES[m]: cast(table[i, b, m]) for m in present}
-        out.append(DropStats(**values))
+        present = [m for m in range(num_mod) if table[7, b, m] > 0]  # row 7: tokens
+        out.append(DropStats(**{name: {MODALITIES[m]: cast(table[i, b, m]) for m in present}
+                                for i, (name, cast) in enumerate(_FIELDS)}))
     return out

@@ -23,7 +23,7 @@ def _macs_entry(scores, *, params: dict[str, Any], **kw) -> DispatchPlan:
     return macs(scores, params=MacsParams(**params), **kw)
 
 
-# name -> (function, parameters it accepts, whether it needs router scores)
+# name -> (function, parameters it accepts, one-line description)
 _POLICIES: dict[str, tuple[Callable[..., DispatchPlan], tuple[str, ...], str]] = {
     "vanilla": (vanilla, ("delta",), "plain top-k, no capacity (the accuracy reference)"),
     "token-drop": (token_drop, ("capacity_factor", "drop_policy", "delta"),

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from macssim import __version__
-from macssim._errors import PolicyError, TopologyError
+from macssim._errors import PolicyError
 from macssim.cluster import (
     LayerRouting,
     RequestAssigner,
@@ -21,8 +21,8 @@ from macssim.cluster import (
     load_topology,
     simulate_step,
 )
-from macssim.placement import Placement, contiguous_placement
-from macssim.policies import Policy, expert_labels_from_trace, get_policy
+from macssim.placement import contiguous_placement
+from macssim.policies import DropStats, Policy, expert_labels_from_trace, get_policy
 from macssim.trace import MODALITIES, ModelFacts, Step, open_trace
 
 __all__ = ["BASELINE_POLICY", "ReplayConfig", "ReplayResult", "replay"]
@@ -114,15 +114,6 @@ def _build_policies(config: ReplayConfig, has_scores: bool) -> dict[str, Policy]
     return out
 
 
-def _check_fit(model: ModelFacts, topology: Topology, placement: Placement, trace_path) -> None:
-    if placement.num_experts != model.num_experts:
-        raise TopologyError(f"{trace_path}: placement covers {placement.num_experts} experts, the "
-                            f"trace's model has {model.num_experts}")
-    if placement.num_gpus != topology.num_gpus:
-        raise TopologyError(f"placement is for {placement.num_gpus} GPUs, topology "
-                            f"{topology.name} has {topology.num_gpus}")
-
-
 def _tensor(a: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
     return None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
@@ -160,7 +151,6 @@ def replay(config: ReplayConfig,
     model = trace.model
     topology = load_topology(config.topology)
     placement = contiguous_placement(model.num_experts, topology.num_gpus)
-    _check_fit(model, topology, placement, config.trace)
     policies = _build_policies(config, trace.has("scores"))
     for name, policy in policies.items():
         if policy.needs_scores and not trace.has("scores"):
@@ -199,13 +189,10 @@ def replay(config: ReplayConfig,
         token_gpu = assigner.assign(step.request_id)
         for name, policy in policies.items():
             routings, per_layer_drops = [], []
-            for layer, plan in enumerate(_plans_for_step(step, model, policy, placement_t,
-                                                         labels, device)):
+            for plan in _plans_for_step(step, model, policy, placement_t, labels, device):
                 ids = plan.expert_ids.cpu().numpy()
                 kept = plan.kept.cpu().numpy()
                 routings.append(LayerRouting(expert_ids=ids, kept=kept))
-                gpu_load[name][layer] += np.bincount(placement.expert_to_gpu[ids[kept]],
-                                                     minlength=topology.num_gpus)
                 per_layer_drops.append(plan.drops)
                 _tally(drop_tally, (name, step.kind), plan.drops)
             result = simulate_step(topology, model, placement, step_kind=step.kind,
@@ -217,6 +204,8 @@ def replay(config: ReplayConfig,
             for rec, drops in zip(result.layers, per_layer_drops, strict=True):
                 layer_rows.append({**base, **rec.to_dict(), **_drop_columns(drops)})
             step_rows.append({**base, **result.to_dict()})
+            for rec in result.gpu_layers:
+                gpu_load[name][rec.layer, rec.gpu] += rec.expert_assignments
             phases = result.frames()["phases"]
             phases.insert(0, "policy", name)
             if on_phases is None:
@@ -240,9 +229,7 @@ def replay(config: ReplayConfig,
         policy_params={name: dict(p.params) for name, p in policies.items()})
 
 
-_DROP_FIELDS = ("assignments", "dropped_assignments", "rerouted_assignments", "gate_mass",
-                "dropped_gate_mass", "semantic_mass", "dropped_semantic_mass", "tokens",
-                "tokens_lost_all")
+_DROP_FIELDS = tuple(f.name for f in dataclasses.fields(DropStats))
 
 
 def _tally(tally, key: tuple[str, str], drops) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 from macssim._errors import TraceError
 from macssim.trace._model import ModelFacts
 
-__all__ = ["FIELD_NAMES", "FIELDS", "MODALITIES", "OPTIONALFIELDS", "Step", "check_step",
+__all__ = ["FIELD_NAMES", "FIELDS", "MODALITIES", "Step", "check_step",
            "normalise_step"]
 
 MODALITIES = ("text", "image", "video", "audio")
@@ -30,7 +30,6 @@ FIELDS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...], bool]] = {
     "entropy": (("<f4", "<f2"), "float32", ("L", "T"), False),
 }
 FIELD_NAMES = tuple(FIELDS)
-OPTIONALFIELDS = tuple(n for n, spec in FIELDS.items() if not spec[3])
 _STEP_KINDS = ("prefill", "decode")
 
 
