@@ -1,0 +1,261 @@
+"""The one gate every untrusted input passes: trace headers and records, topology and
+scenario YAML, imported engine dumps, command-line values.
+
+Why a module of its own: a file from a stranger can claim a billion experts, an ``inf``
+link latency or a YAML alias bomb, and each of those must be refused *before* anything is
+allocated or walked, with a message that names the file, the field and what was
+expected. Putting the checks and the limits in one place keeps every reader equally
+strict and every message alike: ``topologies/x.yaml: "nvlink.latency_s" must be a
+finite number >= 0, got inf``.
+
+Limits are generous for real deployments (the largest open MoE models have a few hundred
+experts per layer; the largest EP deployments a few hundred GPUs) and small enough that a
+claim at the limit still fits in this machine's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import reprlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from macssim._errors import MacssimError
+
+__all__ = [
+    "LIMITS",
+    "Limits",
+    "brief",
+    "check_choice",
+    "check_int",
+    "check_number",
+    "check_text",
+    "load_json",
+    "load_yaml",
+    "mapping",
+]
+
+
+class Limits:
+    """Upper bounds on what an input may claim, each with the reason it holds."""
+
+    MAX_EXPERTS = 16_384
+    """Routed experts per MoE layer (DeepSeek-V3: 256, Qwen3-Next: 512)."""
+    MAX_TOP_K = 64
+    """Experts per token (real routers use 1 to 16)."""
+    MAX_LAYERS = 1_024
+    """Decoder layers (the deepest open models have under 200)."""
+    MAX_HIDDEN = 1 << 20
+    """Width of the residual stream, intermediate sizes, head counts, vocabulary."""
+    MAX_TOKENS_PER_STEP = 1 << 20
+    """Tokens one forward step may hold (a 1M-token prefill)."""
+    MAX_BATCH = 1 << 16
+    """Requests in one batch or scenario (a step larger than this is no serving batch)."""
+    MAX_STEPS = 1 << 20
+    """Steps in one trace or synthetic run."""
+    MAX_GPUS = 1_024
+    """GPUs in one topology: the flow network holds O(GPUs²) routes in memory."""
+    MAX_GPUS_PER_NODE = 72
+    """GPUs behind one NVLink domain (GB200 NVL72)."""
+    MAX_YAML_BYTES = 1 << 20
+    """A topology or scenario file is a page of figures, not megabytes."""
+    MAX_YAML_NODES = 100_000
+    """YAML nodes after alias expansion: refuses "billion laughs" alias bombs."""
+    MAX_JSON_BYTES = 64 << 20
+    """One JSON blob inside a trace (header, step metadata, index)."""
+
+
+LIMITS = Limits()
+
+_repr = reprlib.Repr()
+_repr.maxstring = 60
+_repr.maxother = 60
+_repr.maxlist = 6
+_repr.maxdict = 6
+_repr.maxlevel = 2
+
+
+def brief(value: Any) -> str:
+    """A bounded repr for messages: never megabytes, never a walk of an alias bomb."""
+    return _repr.repr(value)
+
+
+def _fail(error: type[MacssimError], where: str, field: str, expected: str, value: Any) -> None:
+    field_part = f'"{field}" ' if field else ""
+    raise error(f"{where}: {field_part}must be {expected}, got {brief(value)}")
+
+
+def check_number(value: Any, where: str, field: str, *, low: float | None = None,
+                 high: float | None = None, low_open: bool = False,
+                 error: type[MacssimError] = MacssimError) -> float:
+    """A finite real number in [low, high] (``low_open``: (low, high]); bools are refused,
+    since YAML's ``yes`` is not a number."""
+    bound = _bounds(low, high, low_open)
+    expected = f"a finite number{bound}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(error, where, field, expected, value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        _fail(error, where, field, expected, value)
+    if not math.isfinite(number):
+        _fail(error, where, field, expected, value)
+    if low is not None and (number <= low if low_open else number < low):
+        _fail(error, where, field, expected, value)
+    if high is not None and number > high:
+        _fail(error, where, field, expected, value)
+    return number
+
+
+def check_int(value: Any, where: str, field: str, *, low: int | None = None,
+              high: int | None = None, error: type[MacssimError] = MacssimError) -> int:
+    """An integer in [low, high]. ``8.0`` is refused: a shape or a count given as a float
+    is a sign that the file was not written for this field."""
+    expected = f"an integer{_bounds(low, high, False)}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(error, where, field, expected, value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        _fail(error, where, field, expected, value)
+    return int(value)
+
+
+def check_text(value: Any, where: str, field: str, *, max_len: int = 200,
+               error: type[MacssimError] = MacssimError) -> str:
+    """A non-empty string of at most ``max_len`` characters, stripped."""
+    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+        _fail(error, where, field, f"a non-empty string of at most {max_len} characters",
+              value)
+    return value.strip()
+
+
+def check_choice(value: Any, where: str, field: str, choices: tuple[str, ...], *,
+                 error: type[MacssimError] = MacssimError) -> str:
+    if not isinstance(value, str) or value not in choices:
+        _fail(error, where, field, f"one of {list(choices)}", value)
+    return value
+
+
+def _bounds(low: float | None, high: float | None, low_open: bool) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"<= {high:g}")
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+# ---------------------------------------------------------------------------------------
+# YAML and JSON
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no python/* tags) that counts nodes as aliases expand them.
+
+    A "billion laughs" file is a few hundred bytes whose aliases expand to 10⁹ nodes:
+    ``safe_load`` builds it quickly as shared references, but anything that walks the
+    result (a validator, a repr in an error message) never finishes. Counting the
+    expanded size of the composed node graph refuses it before construction."""
+
+    def compose_document(self):  # noqa: D401 - PyYAML's hook
+        node = super().compose_document()
+        _expanded_size(node, {}, limit=Limits.MAX_YAML_NODES)
+        return node
+
+
+# PyYAML reads YAML 1.1, where ``450e9`` (no dot) is a string; hardware figures are
+# written that way, so resolve YAML 1.2 floats as floats.
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], *, limit: int) -> int:
+    """Nodes the document holds once every alias is copied in place (memoised per node,
+    so computing it costs the size of the graph, not of the expansion)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = limit + 1  # a cycle (a recursive alias) counts as too large
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            size += _expanded_size(child, memo, limit=limit)
+            if size > limit:
+                raise _TooLarge
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            size += _expanded_size(k, memo, limit=limit) + _expanded_size(v, memo, limit=limit)
+            if size > limit:
+                raise _TooLarge
+    memo[key] = size
+    return size
+
+
+def load_yaml(path: str | Path, *, what: str, error: type[MacssimError]) -> Any:
+    """Read one YAML document safely: bounded file size, bounded alias expansion, no
+    python tags, plain data out. ``what`` names the file kind in messages ("topology")."""
+    where = str(path)
+    try:
+        raw = Path(path).read_bytes()[: Limits.MAX_YAML_BYTES + 1]
+    except OSError as e:
+        raise error(f"{where}: cannot read {what} file ({e.strerror or e})") from e
+    if len(raw) > Limits.MAX_YAML_BYTES:
+        raise error(f"{where}: a {what} file may be at most {Limits.MAX_YAML_BYTES} bytes "
+                    "(it is a page of figures)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except _TooLarge:
+        raise error(f"{where}: YAML aliases expand to more than {Limits.MAX_YAML_NODES} "
+                    "nodes (an alias bomb?); write the values out") from None
+    except yaml.YAMLError as e:
+        raise error(f"{where}: not valid YAML ({_one_line(e)})") from e
+    except (RecursionError, ValueError, OverflowError) as e:
+        raise error(f"{where}: not valid YAML ({type(e).__name__}: {brief(str(e))})") from None
+
+
+def load_json(blob: bytes, where: str, *, what: str,
+              error: type[MacssimError] = MacssimError) -> Any:
+    """Parse one JSON blob of a file, refusing NaN/Infinity constants and absurd nesting."""
+    if len(blob) > Limits.MAX_JSON_BYTES:
+        raise error(f"{where}: {what} is {len(blob)} bytes, at most {Limits.MAX_JSON_BYTES} "
+                    "allowed")
+    try:
+        return json.loads(blob, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as e:
+        raise error(f"{where}: {what} is not valid JSON ({brief(str(e))})") from None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+def mapping(value: Any, where: str, section: str, *,
+            error: type[MacssimError] = MacssimError) -> dict:
+    """A mapping with string keys, or an error naming the section."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise error(f'{where}: "{section or "top level"}" must be a mapping with named '
+                    f"fields, got {brief(value)}")
+    return value
+
