@@ -6,7 +6,14 @@ and rerouting, in torch) -> ``placement`` (expert -> GPU) -> ``cluster`` (SimPy 
 of the EP cluster) -> ``report`` (CSV, plots). Imports only point downstream.
 """
 
-from macssim._errors import CaptureError, MacssimError, PolicyError, TopologyError, TraceError
+from macssim._errors import (
+    CaptureError,
+    MacssimError,
+    PolicyError,
+    ReportError,
+    TopologyError,
+    TraceError,
+)
 
 __version__ = "0.1.0"
 
@@ -14,6 +21,7 @@ __all__ = [
     "CaptureError",
     "MacssimError",
     "PolicyError",
+    "ReportError",
     "TopologyError",
     "TraceError",
     "__version__",

@@ -2,7 +2,8 @@
 errors apart from bugs. Every message names the thing at fault (file, step, layer,
 field) and what was expected."""
 
-__all__ = ["MacssimError", "TraceError", "TopologyError", "PolicyError", "CaptureError"]
+__all__ = ["MacssimError", "TraceError", "TopologyError", "PolicyError", "CaptureError",
+           "ReportError"]
 
 
 class MacssimError(Exception):
@@ -23,3 +24,8 @@ class PolicyError(MacssimError):
 
 class CaptureError(MacssimError):
     """Routing could not be captured from a model."""
+
+
+class ReportError(MacssimError):
+    """A report cannot be written where asked without touching files macssim did not
+    write."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
 
 import click
 
-from macssim._resources import DEFAULT_TRACE, REPO_ROOT
+from macssim._resources import DEFAULT_TRACE
 from macssim.cli._output import echo_table, library_errors
 
 __all__ = ["command"]
@@ -38,7 +39,7 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, dict[str, object]]:
 
 def _default_out(trace: Path, topology: str, gamma: float) -> Path:
     topo = Path(topology).stem if topology.endswith((".yaml", ".yml")) else topology
-    return REPO_ROOT / "reports" / f"{trace.stem}-{topo}-g{gamma:g}"
+    return Path("reports") / f"{trace.stem}-{topo}-g{gamma:g}"
 
 
 @click.command("replay")
@@ -62,8 +63,12 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
               default=None, help="Trace to calibrate MACS's expert modality labels on "
               "(default: the replayed trace).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Report directory (replaced if it exists). Default: "
-              "reports/<trace>-<topology>-g<γ>/.")
+              help="Report directory. Default: reports/<trace>-<topology>-g<γ>/ under the "
+              "current directory. A folder holding anything but an earlier macssim report is "
+              "refused (nothing in it is touched); beside an earlier report the new one goes "
+              "to DIR-2, DIR-3, … unless --force.")
+@click.option("--force", is_flag=True,
+              help="Replace an earlier macssim report in --out (only files it wrote).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed, recorded in run.json.")
 @click.option("--device", default="cpu", show_default=True,
               help="Where the policies run: cpu or cuda.")
@@ -73,7 +78,7 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
               "for ~1 % latency change.")
 @click.option("--list", "list_only", is_flag=True, help="List policies and topology presets.")
 def command(trace_path, policies, topology, gamma, params, max_steps, calibration_trace,
-            out_dir, seed, device, network_rtol, list_only) -> None:
+            out_dir, force, seed, device, network_rtol, list_only) -> None:
     """Replay a routing trace through a simulated expert-parallel cluster under each
     policy and measure the straggler delay each leaves.
 
@@ -114,14 +119,22 @@ def command(trace_path, policies, topology, gamma, params, max_steps, calibratio
             bar.total = total
             bar.update(done - bar.n)
 
-        with ReportWriter(out_dir) as writer:
+        with ReportWriter(out_dir, force=force) as writer:
             try:
                 result = replay(config, progress=progress, on_phases=writer.append_phases)
             finally:
                 bar.close()
             report = writer.finish(result, command_line=["macssim", *sys.argv[1:]])
     _print_summary(report.summary, result)
-    click.echo(f"\nreport: {report.directory}  ({', '.join(report.files)})")
+    click.echo(f"\nreport: {_shown(report.directory)}  ({', '.join(report.files)})")
+    if report.directory != Path(os.path.abspath(out_dir)):
+        click.echo(f"({out_dir} holds an earlier report; --force replaces it)")
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would write it: relative when under the current directory."""
+    relative = os.path.relpath(path)
+    return path.as_posix() if relative.startswith("..") else relative
 
 
 def _print_summary(summary, result) -> None:

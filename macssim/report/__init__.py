@@ -1,7 +1,9 @@
 """Reports: a replay's records as CSV, plots a person would rather look at than read, a
 Perfetto timeline, and ``run.json`` so the run can be reproduced."""
 
+from macssim._errors import ReportError
 from macssim.report._summary import SUMMARY_COLUMNS, summarize
-from macssim.report._write import Report, ReportWriter, write_report
+from macssim.report._write import MANIFEST, Report, ReportWriter, write_report
 
-__all__ = ["SUMMARY_COLUMNS", "Report", "ReportWriter", "summarize", "write_report"]
+__all__ = ["MANIFEST", "SUMMARY_COLUMNS", "Report", "ReportError", "ReportWriter", "summarize",
+           "write_report"]

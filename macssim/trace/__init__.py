@@ -1,4 +1,4 @@
-"""Traces: what a model's routers did, step by step (format v1, ``traces/README.md``),
+"""Traces: what a model's routers did, step by step (format v1, ``docs/trace-format.md``),
 model presets, and synthetic traces for when no GPU and no weights are at hand.
 
 This is the public API of the stage; everything else in the folder is private.

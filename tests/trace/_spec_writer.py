@@ -1,4 +1,4 @@
-"""A trace writer built from traces/README.md alone (no macssim import), so the tests
+"""A trace writer built from docs/trace-format.md alone (no macssim import), so the tests
 check that the spec is enough to write a trace, and can forge broken ones."""
 
 from __future__ import annotations
