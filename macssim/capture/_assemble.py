@@ -32,11 +32,31 @@ def _call_shape(ctx: dict[str, Any]) -> tuple[int, int]:
     raise CaptureError("forward call has neither input_ids nor inputs_embeds")
 
 
+_CACHE_ARGS = ("cache", "past_key_values")
+"""Names of the KV-cache argument: transformers 5.24 renamed ``past_key_values`` to
+``cache`` (the old name still accepted through ``deprecate_kwarg`` until 5.40)."""
+
+
+def _cache_of(ctx: dict[str, Any]) -> Any | None:
+    """The call's KV cache: the argument of either name, else any argument that is a
+    cache (has ``get_seq_length``), whatever the model's ``forward`` calls it."""
+    for name in _CACHE_ARGS:
+        value = ctx.get(name)
+        if value is not None and hasattr(value, "get_seq_length"):
+            return value
+    for name, value in ctx.items():
+        if not name.startswith("_") and hasattr(value, "get_seq_length") \
+                and not isinstance(value, type):
+            return value
+    return None
+
+
 def past_length(ctx: dict[str, Any]) -> int:
+    """Tokens already in the KV cache when the call starts (0: a prefill)."""
     if "_past_length" in ctx:
         return int(ctx["_past_length"])
-    past = ctx.get("past_key_values")
-    if past is not None and hasattr(past, "get_seq_length"):
+    past = _cache_of(ctx)
+    if past is not None:
         return int(past.get_seq_length())
     cache_position = ctx.get("cache_position")
     if cache_position is not None and cache_position.numel():

@@ -96,8 +96,8 @@ def _open_session(model: str | None, tiny: str | None, *, revision: str | None,
     from macssim.capture._tiny_processor import TINY_PROCESSOR_FAMILIES, build_tiny_processor
 
     family = get_family(tiny)
+    where = pick_device(device if device not in (None, "auto") else "cpu")  # fails fast
     built = build_tiny_model(family, seed=seed)
-    where = pick_device(device if device not in (None, "auto") else "cpu")
     built.to(where)
     processor = (build_tiny_processor(family.name)
                  if family.name in TINY_PROCESSOR_FAMILIES else None)

@@ -2,7 +2,9 @@
 
 Hooks registered (and always removed, ``record_routing`` is a context manager):
     * a forward pre-hook on the model passed in: reads ``input_ids`` / ``inputs_embeds``,
-      ``attention_mask``, ``mm_token_type_ids`` and ``past_key_values`` of the call;
+      ``attention_mask``, ``mm_token_type_ids`` and the KV cache of the call (``cache``
+      from transformers 5.24 on, ``past_key_values`` before; its length tells a decode
+      call from a prefill when ``generate`` passes no attention mask);
     * a forward hook on every router (found by class, ``_sites.py``): keeps references to
       the router's own logits [T, E], weights [T, k] and ids [T, k] (no copy) and computes the
       feature entropy of its input hidden states [T, D] -> [T] on the input's device;

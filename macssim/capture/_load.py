@@ -7,6 +7,7 @@ here, lazily, so ``import macssim.capture`` stays light.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from typing import Any
 from macssim._errors import CaptureError
 from macssim.capture._families import Family, family_for_config
 
-__all__ = ["LoadedModel", "facts_for", "load_model", "pick_device", "require_transformers"]
+__all__ = ["DEVICES", "LoadedModel", "device_problem", "facts_for", "load_model", "pick_device",
+           "require_transformers"]
 
 INSTALL_HINT = 'pip install -e ".[capture]"'
 
@@ -33,15 +35,38 @@ def require_transformers() -> Any:
     return transformers
 
 
+DEVICES = "auto, cpu, cuda or cuda:N"
+"""What ``--device`` accepts (``auto``: a CUDA GPU when torch sees one, else the CPU)."""
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def device_problem(device: str | None) -> str | None:
+    """Why ``device`` is not a device name capture accepts, or None; imports no torch."""
+    if device is None or _DEVICE.fullmatch(device):
+        return None
+    return f"{device!r} is not a device capture can use: expected {DEVICES}"
+
+
 def pick_device(device: str | None = None) -> str:
-    """``cuda`` when a GPU is visible, else ``cpu``; an explicit choice wins."""
+    """``cuda`` when a GPU is visible, else ``cpu``; an explicit choice wins, once checked:
+    a name of ``DEVICES``, and for ``cuda``/``cuda:N`` a GPU torch can see."""
+    problem = device_problem(device)
+    if problem:
+        raise CaptureError(f"--device: {problem}")
     import torch
 
-    if device and device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise CaptureError(f"--device {device}: no CUDA GPU is visible to torch")
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise CaptureError(f"--device {device}: no CUDA GPU is visible to torch "
+                               f"{torch.__version__}; use --device cpu (or auto)")
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            raise CaptureError(f"--device {device}: torch sees {count} CUDA GPU"
+                               f"{'s' if count > 1 else ''}, cuda:0 to cuda:{count - 1}")
+    return device
 
 
 def resolve_dtype(dtype: str | None, device: str) -> Any:
@@ -75,6 +100,8 @@ def load_model(model_id: str, *, revision: str | None = None, device: str | None
                dtype: str | None = None, experts_implementation: str | None = None,
                trust_remote_code: bool = False) -> LoadedModel:
     """Load ``model_id`` (hub id or local checkpoint directory) with its processor."""
+    from macssim.capture._compat import repair_model
+
     transformers = require_transformers()
     device = pick_device(device)
     torch_dtype = resolve_dtype(dtype, device)
@@ -98,6 +125,7 @@ def load_model(model_id: str, *, revision: str | None = None, device: str | None
     except (OSError, ValueError, RuntimeError) as e:
         raise CaptureError(f"{model_id}: cannot load weights as {family.top_class}: {e}") from e
     model.eval()
+    repair_model(model)  # transformers bugs that break a family outright (_compat.py)
     if not device.startswith("cuda"):
         model.to(device)
     commit = getattr(config, "_commit_hash", None)

@@ -204,9 +204,11 @@ def tiny_config(family: str | Family) -> Any:
 def build_tiny_model(family: str | Family, *, seed: int = 0, eager_experts: bool = True) -> Any:
     """A tiny model of the family's real transformers class with random weights, in eval
     mode, float32 on CPU. ``eager_experts`` selects the per-expert loop (bit-exact
-    reproducible) over the grouped-GEMM default."""
+    reproducible) over the grouped-GEMM default. Transformers bugs that break the class
+    outright are repaired (``_compat.repair_model``)."""
     import torch
 
+    from macssim.capture._compat import repair_model
     from macssim.capture._load import require_transformers
 
     transformers = require_transformers()
@@ -214,7 +216,7 @@ def build_tiny_model(family: str | Family, *, seed: int = 0, eager_experts: bool
     config = tiny_config(fam)
     cls = getattr(transformers, fam.top_class)
     torch.manual_seed(seed)
-    model = cls(config).eval()
+    model = repair_model(cls(config).eval())
     _fill_router_biases(model, seed)
     if eager_experts and hasattr(model, "set_experts_implementation"):
         model.set_experts_implementation("eager")

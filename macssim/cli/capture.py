@@ -28,6 +28,16 @@ def _table(rows: list[tuple[str, str]]) -> None:
         click.echo(f"  {key:<{width}}  {value}")
 
 
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The name only (no torch import); whether torch sees that GPU is checked on use."""
+    from macssim.capture._load import device_problem
+
+    problem = device_problem(value)
+    if problem:
+        raise click.BadParameter(problem, ctx=ctx, param=param)
+    return value
+
+
 def _capture(kwargs: dict) -> None:
     from macssim.capture import CaptureSettings, capture_trace
 
@@ -101,7 +111,7 @@ def _import(kwargs: dict) -> None:
               help="Decode forward calls after the prefill; each becomes one step with one "
                    "token per live sequence.")
 @click.option("--revision", help="Hub revision (branch, tag or commit) of --model.")
-@click.option("--device", default="auto", show_default=True,
+@click.option("--device", default="auto", show_default=True, callback=_check_device,
               help="auto (GPU if present), cpu, cuda or cuda:N.")
 @click.option("--dtype", default="auto", show_default=True,
               help="auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16 or float32.")

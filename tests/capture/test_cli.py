@@ -127,3 +127,89 @@ def test_missing_transformers_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(CaptureError, match=r'pip install -e "\.\[capture\]"'):
         require_transformers()
+
+
+def _fails_in_one_line(result):
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert "Traceback" not in result.output
+    assert "--device" in result.output
+
+
+@pytest.mark.parametrize("device", ["tpu", "CUDA", "cuda:x", "cpu:0", "gpu"])
+def test_unknown_device_is_a_bad_parameter(device, tmp_path):
+    """Refused by name, before any model is built: says what --device accepts."""
+    out = tmp_path / "x.mtrace"
+    result = CliRunner().invoke(main, ["capture", "--tiny", "qwen3-vl-moe", "--device", device,
+                                       "-o", str(out), "--no-progress"])
+    _fails_in_one_line(result)
+    assert f"Invalid value for '--device': {device!r} is not a device" in result.output
+    assert "expected auto, cpu, cuda or cuda:N" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_without_a_gpu_fails_in_one_line(device, tmp_path, monkeypatch):
+    """What torch sees is faked (no GPU), so the test means the same on a GPU machine."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    out = tmp_path / "x.mtrace"
+    result = CliRunner().invoke(main, ["capture", "--tiny", "qwen3-vl-moe", "--device", device,
+                                       "-o", str(out), "--no-progress"])
+    _fails_in_one_line(result)
+    assert f"Error: --device {device}: no CUDA GPU is visible to torch" in result.output
+    assert "use --device cpu (or auto)" in result.output
+    assert not out.exists()
+
+
+def test_cuda_index_past_the_gpus_fails_in_one_line(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    result = CliRunner().invoke(main, ["capture", "--tiny", "mixtral", "--device", "cuda:2",
+                                       "-o", str(tmp_path / "x.mtrace"), "--no-progress"])
+    _fails_in_one_line(result)
+    assert "--device cuda:2: torch sees 2 CUDA GPUs, cuda:0 to cuda:1" in result.output
+
+
+def test_library_refuses_an_unknown_device_too(tmp_path):
+    from macssim.capture import capture_trace
+
+    with pytest.raises(CaptureError, match=r"--device: 'tpu' is not a device capture can use: "
+                                           r"expected auto, cpu, cuda or cuda:N"):
+        capture_trace(tmp_path / "x.mtrace", tiny="mixtral", device="tpu")
+
+
+@pytest.mark.parametrize(("family", "batch_size"), [("llama4", 8), ("qwen3-vl-moe", 1)])
+def test_tiny_capture_with_decode_steps(family, batch_size, tmp_path):
+    """What transformers 5.24 broke, end to end from the command line: Llama 4's forward,
+    and decode calls that carry only the renamed KV cache (one request per batch: no
+    padding, so ``generate`` passes no attention mask). Each batch: one prefill, then up
+    to --decode-steps decode steps with one token per live request (random weights may
+    emit end-of-sequence, which ends a request), positions continuing."""
+    out = tmp_path / "t.mtrace"
+    result = CliRunner().invoke(main, ["capture", "--tiny", family, "-o", str(out),
+                                       "--decode-steps", "2", "--batch-size", str(batch_size),
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    trace = open_trace(out)
+    steps = list(trace)
+    batches = trace.provenance["batches"]
+    lengths = np.array([i["prompt_tokens"] for i in trace.provenance["inputs"]])
+    starts = [i for i, s in enumerate(steps) if s.kind == "prefill"]
+    assert len(starts) == len(batches) and starts[0] == 0  # decode never taken for prefill
+    assert sum(s.kind == "decode" for s in steps) >= len(batches)
+    for batch, begin, end in zip(batches, starts, [*starts[1:], len(steps)], strict=True):
+        prefill, *decode = steps[begin:end]
+        assert prefill.num_tokens == lengths[batch].sum()
+        assert len(decode) <= 2  # fewer only once every request of the batch has ended
+        live = set(batch)
+        for t, step in enumerate(decode):
+            ids = step.request_id.tolist()
+            assert len(ids) == len(set(ids)) == step.num_tokens >= 1  # one token each
+            assert set(ids) <= live
+            live = set(ids)
+            np.testing.assert_array_equal(step.position, lengths[step.request_id] + t)

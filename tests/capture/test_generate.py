@@ -21,7 +21,7 @@ from macssim.capture import (
 REQUESTS = [TinyRequest(3, 1, 2), TinyRequest(7, 0, 4)]
 
 
-@pytest.mark.parametrize("family", ["qwen3-vl-moe", "ernie4.5-vl", "mixtral"])
+@pytest.mark.parametrize("family", ["qwen3-vl-moe", "ernie4.5-vl", "llama4", "mixtral"])
 def test_prefill_then_one_token_per_sequence(tiny_models, family):
     model = tiny_models(family)
     reqs = REQUESTS if model.config.model_type != "mixtral" else \
@@ -41,6 +41,43 @@ def test_prefill_then_one_token_per_sequence(tiny_models, family):
         np.testing.assert_array_equal(step.position, np.array(lengths) + t)
         assert (step.modality == 0).all()
     assert [s.index for s in steps] == list(range(len(steps)))
+
+
+def _cache_arg(model):
+    """The KV-cache keyword of ``model.forward``: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters \
+        else "past_key_values"
+
+
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+@pytest.mark.parametrize("arg", ["own", "past_key_values"])
+@pytest.mark.parametrize("family", ["qwen3-moe", "mixtral"])
+def test_decode_told_by_the_cache_without_an_attention_mask(tiny_models, family, arg):
+    """``generate`` drops an all-ones attention mask (one request, or no padding), so a
+    decode call can carry nothing but ``input_ids`` and the KV cache, whose name changed in
+    transformers 5.24 (``past_key_values`` -> ``cache``; the old name still accepted): the
+    cache's length alone must make it a decode step, positions continuing after it."""
+    from transformers import DynamicCache
+
+    model = tiny_models(family)
+    inputs = tiny_batch(family, model.config, [TinyRequest(5, 0, 3)])
+    n = int(inputs["input_ids"].shape[1])
+    name = _cache_arg(model) if arg == "own" else arg
+    cache = DynamicCache(config=model.config.get_text_config())
+    prefill = {k: v for k, v in inputs.items() if k != "attention_mask"}
+    with torch.no_grad(), record_routing(model, eos_token_ids=()) as rec:
+        out = model(**prefill, use_cache=True, **{name: cache})
+        assert cache.get_seq_length() == n
+        nxt = out.logits[:, -1:].argmax(-1)
+        model(input_ids=nxt, use_cache=True, **{name: cache})
+    assert [s.kind for s in rec.steps] == ["prefill", "decode"]
+    assert rec.steps[0].num_tokens == n
+    np.testing.assert_array_equal(rec.steps[0].position, np.arange(n))
+    np.testing.assert_array_equal(rec.steps[1].position, [n])
+    np.testing.assert_array_equal(rec.steps[1].request_id, [0])
 
 
 def test_finished_sequence_leaves_the_decode_steps():

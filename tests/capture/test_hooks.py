@@ -218,3 +218,67 @@ def _vision_kind(model):
     from macssim.capture._sites import detect_family
 
     return detect_family(model).vision
+
+
+def test_llama4_repair_detects_exactly_the_broken_forward():
+    """transformers 5.24's ``Llama4ForConditionalGeneration.forward`` copies
+    ``image_outputs`` from its language model's output, which has no such field: every
+    ``return_dict`` call raises (hooks or not). The repair (``_compat.py``) must be found
+    needed exactly where an unrepaired model fails so, and not elsewhere."""
+    import transformers
+
+    from macssim.capture._compat import _llama4_lacks_image_outputs, repair_model
+    from macssim.capture._tiny import tiny_config
+
+    torch.manual_seed(0)
+    bare = transformers.Llama4ForConditionalGeneration(tiny_config("llama4")).eval()
+    inputs = _inputs(bare, "llama4")
+    seen = []  # the language model's logits: computed before the failing line
+    handle = bare.language_model.register_forward_hook(
+        lambda module, args, output: seen.append(output.logits))
+    try:
+        with torch.no_grad():
+            bare(**inputs)
+        broken = False
+    except AttributeError as e:
+        assert "image_outputs" in str(e)
+        broken = True
+    finally:
+        handle.remove()
+    assert _llama4_lacks_image_outputs(bare) is broken
+    with torch.no_grad():
+        repaired = repair_model(bare)(**inputs)
+    assert torch.equal(repaired.logits, seen[0])  # the repair computes nothing
+
+
+def test_llama4_output_carries_its_image_encoder_output(tiny_models):
+    """After the repair, the output's image field holds the vision model's output of the
+    same call (what 5.23's ``image_hidden_states`` held), and None for a text-only call."""
+    from dataclasses import fields
+
+    model = tiny_models("llama4")
+    inputs = _inputs(model, "llama4")
+    with torch.no_grad():
+        out = model(**inputs)
+        vision = model.vision_model(inputs["pixel_values"]).last_hidden_state
+        text_only = model(input_ids=torch.tensor([[20, 21, 22]]))
+    if "image_outputs" in {f.name for f in fields(type(out))}:  # transformers >= 5.24
+        assert torch.equal(out.image_outputs.last_hidden_state, vision)
+        assert text_only.image_outputs is None
+    else:
+        assert torch.equal(out.image_hidden_states, vision)
+        assert text_only.image_hidden_states is None
+
+
+@pytest.mark.parametrize("family", ["llama4", "qwen3-vl-moe", "mixtral"])
+def test_repair_is_idempotent_and_adds_nothing_elsewhere(tiny_models, family):
+    from macssim.capture._compat import repair_model
+
+    model = tiny_models(family)
+
+    def count():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+    before = count()
+    repair_model(model)
+    assert count() == before
