@@ -65,8 +65,23 @@ class Limits:
     """A topology or scenario file is a page of figures, not megabytes."""
     MAX_YAML_NODES = 100_000
     """YAML nodes after alias expansion: refuses "billion laughs" alias bombs."""
+    MAX_YAML_DEPTH = 64
+    """Nesting of YAML collections. PyYAML's scanner is quadratic in the nesting of flow
+    collections (``[[[[…``: 20,000 deep takes 2 s, a 1 MB file of them half an hour)."""
     MAX_JSON_BYTES = 64 << 20
     """One JSON blob inside a trace (header, step metadata, index)."""
+    MAX_CAPACITY_FACTOR = 1e6
+    """γ of a capacity policy: γ >= E/k already keeps everything (E/k <= 16,384 here), and
+    ceil(γ·T·k/E) at the limit still fits an int64."""
+    MAX_SEED = (1 << 63) - 1
+    """A random seed: what int64 (torch.manual_seed, JSON readers) holds."""
+    MAX_STEP_PAYLOAD_BYTES = 4 << 30
+    """One trace step's arrays after decompression: a reader holds a step (and its
+    widened copies) in memory; a 16k-token prefill of a 48-layer, 128-expert model with
+    scores is ~0.4 GB."""
+    MAX_IMPORT_BYTES = 1 << 30
+    """An engine export to import (vLLM .npy/.npz uncompressed, .jsonl): ~100M
+    token-layer routing slots; each JSON document in it is also held to MAX_JSON_BYTES."""
 
 
 LIMITS = Limits()
@@ -115,11 +130,14 @@ def check_int(value: Any, where: str, field: str, *, low: int | None = None,
               high: int | None = None, error: type[MacssimError] = MacssimError) -> int:
     """An integer in [low, high]. ``8.0`` is refused: a shape or a count given as a float
     is a sign that the file was not written for this field."""
-    expected = f"an integer{_bounds(low, high, False)}"
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(error, where, field, expected, value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        _fail(error, where, field, expected, value)
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            (low is not None and value < low) or (high is not None and value > high):
+        # Built only on failure (a trace reader calls this per field of every step), and
+        # with the bounds written exactly: 1048576, not 1.04858e+06.
+        parts = ([f">= {low}"] if low is not None else []) + \
+            ([f"<= {high}"] if high is not None else [])
+        _fail(error, where, field, "an integer" + (" " + " and ".join(parts) if parts else ""),
+              value)
     return int(value)
 
 
@@ -165,6 +183,16 @@ class _BoundedLoader(yaml.SafeLoader):
         _expanded_size(node, {}, limit=Limits.MAX_YAML_NODES)
         return node
 
+    def fetch_flow_collection_start(self, TokenClass):  # noqa: N803 - PyYAML's hook
+        if self.flow_level >= Limits.MAX_YAML_DEPTH:
+            raise _TooDeep
+        super().fetch_flow_collection_start(TokenClass)
+
+    def add_indent(self, column):  # PyYAML's hook: one more level of block nesting
+        if len(self.indents) >= Limits.MAX_YAML_DEPTH:
+            raise _TooDeep
+        return super().add_indent(column)
+
 
 # PyYAML reads YAML 1.1, where ``450e9`` (no dot) is a string; hardware figures are
 # written that way, so resolve YAML 1.2 floats as floats.
@@ -180,6 +208,10 @@ _BoundedLoader.add_implicit_resolver(
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class _TooDeep(Exception):
     pass
 
 
@@ -210,9 +242,11 @@ def load_yaml(path: str | Path, *, what: str, error: type[MacssimError]) -> Any:
     python tags, plain data out. ``what`` names the file kind in messages ("topology")."""
     where = str(path)
     try:
-        raw = Path(path).read_bytes()[: Limits.MAX_YAML_BYTES + 1]
-    except OSError as e:
-        raise error(f"{where}: cannot read {what} file ({e.strerror or e})") from e
+        with open(path, "rb") as f:  # read at most the limit (a /dev/zero never ends)
+            raw = f.read(Limits.MAX_YAML_BYTES + 1)
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise error(f"{where}: cannot read {what} file "
+                    f"({getattr(e, 'strerror', None) or e})") from e
     if len(raw) > Limits.MAX_YAML_BYTES:
         raise error(f"{where}: a {what} file may be at most {Limits.MAX_YAML_BYTES} bytes "
                     "(it is a page of figures)")
@@ -225,6 +259,9 @@ def load_yaml(path: str | Path, *, what: str, error: type[MacssimError]) -> Any:
     except _TooLarge:
         raise error(f"{where}: YAML aliases expand to more than {Limits.MAX_YAML_NODES} "
                     "nodes (an alias bomb?); write the values out") from None
+    except _TooDeep:
+        raise error(f"{where}: YAML collections nest more than {Limits.MAX_YAML_DEPTH} "
+                    "deep") from None
     except yaml.YAMLError as e:
         raise error(f"{where}: not valid YAML ({_one_line(e)})") from e
     except (RecursionError, ValueError, OverflowError) as e:

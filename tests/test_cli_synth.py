@@ -4,6 +4,7 @@ reads, prints its summary, and turns bad names into one ``Error:`` line."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from macssim.cli import main
@@ -71,6 +72,32 @@ def test_bad_numbers_are_refused_by_click() -> None:
     assert result.exit_code == 2 and "--steps" in result.output
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--batch-size", str(10**12)], "'--batch-size': 1000000000000 is not in the range"),
+    (["--batch-size", "65536"], "--batch-size: scenario 'docvqa': \"batch_size\" 65536 × the "
+                                "longest prompt a request may have (3680 tokens)"),
+    (["--steps", str(10**12)], "'--steps'"),
+    (["--decode-steps", str(10**12)], "'--decode-steps'"),
+    (["--seed", "-1"], "'--seed'"),
+    (["--seed", str(2**64)], "'--seed'"),
+])
+def test_absurd_sizes_are_refused_before_anything_is_allocated(tmp_path, args, says) -> None:
+    result = _run(*args, "--out", str(tmp_path / "x.mtrace"))
+    assert result.exit_code == 2 and says in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_scenario_file_is_named(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nbatch_size: .inf\ndecode_steps: 1\nrequests:\n"
+                    "  - {kind: a, text_tokens: [1, 2]}\n")
+    result = _run("--scenario", str(path), "--steps", "1", "--out", str(tmp_path / "x.mtrace"))
+    assert result.exit_code == 1
+    assert result.output.strip() == (f'Error: {path}: "batch_size" must be an integer >= 1 and '
+                                     "<= 65536, got inf")
+    assert not (tmp_path / "x.mtrace").exists()
+
+
 def test_help_teaches() -> None:
     result = _run("--help")
     assert result.exit_code == 0
@@ -80,14 +107,14 @@ def test_help_teaches() -> None:
 
 
 def test_default_trace_is_what_its_documented_command_makes(tmp_path) -> None:
-    """traces/default.md records the command that made traces/default.mtrace; running it
+    """macssim/data/traces/default.md records the command that made default.mtrace; running it
     again must give the same bytes (a golden file: it changes only with the generator)."""
     from macssim._resources import DEFAULT_TRACE, TRACES_DIR
 
     args = ["--model", "qwen3-vl-30b-a3b", "--scenario", "chartqa", "--batch-size", "1",
             "--decode-steps", "7", "--steps", "8", "--seed", "13", "--compress"]
     doc = " ".join((TRACES_DIR / "default.md").read_text().replace("\\\n", " ").split())
-    assert "macssim synth " + " ".join(args) + " --out traces/default.mtrace" in doc
+    assert "macssim synth " + " ".join(args) + " --out macssim/data/traces/default.mtrace" in doc
     out = tmp_path / "default.mtrace"
     assert _run(*args, "--out", str(out)).exit_code == 0
     assert out.read_bytes() == DEFAULT_TRACE.read_bytes()

@@ -132,8 +132,8 @@ def test_cli_failure_leaves_no_report_directory(small_trace, tmp_path):
     out = tmp_path / "report"
     res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--policy",
                                     "macs,lottery", "--out", str(out)])
-    assert res.exit_code == 1
-    assert "unknown policy 'lottery'" in res.output
+    assert res.exit_code == 2  # a usage error, found before anything is read
+    assert "'--policy': unknown policy 'lottery'; known: vanilla" in res.output
     assert "Traceback" not in res.output
     assert list(tmp_path.iterdir()) == []
 
@@ -141,7 +141,62 @@ def test_cli_failure_leaves_no_report_directory(small_trace, tmp_path):
 def test_cli_param_reaches_the_policy(small_trace, tmp_path):
     res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--policy", "macs",
                                     "--param", "macs.gamma=2", "--out", str(tmp_path / "r")])
-    assert res.exit_code == 1 and "unknown parameter" in res.output
+    assert res.exit_code == 2 and "--param" in res.output and "unknown parameter" in res.output
+    assert "it takes capacity_factor, delta, rho" in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--capacity-factor", "inf"], "'--capacity-factor': 'inf' is not a finite number > 0"),
+    (["--capacity-factor", "nan"], "'--capacity-factor': 'nan' is not a finite number"),
+    (["--capacity-factor", "0"], "'0' is not a finite number > 0"),
+    (["--param", "macs.rho=abc"], "--param: 'macs.rho=abc': macs: \"rho\" must be a finite "
+                                  "number >= 0 and <= 1e+06, got 'abc'"),
+    (["--param", "macs.delta=-1"], '"delta" must be a finite number >= 0'),
+    (["--param", "macs.rho=nan"], '"rho" must be a finite number >= 0 and <= 1e+06, got nan'),
+    (["--param", "macs.capacity_basis=2"], "must be one of ['tokens', 'weight'], got 2"),
+    (["--param", "lottery.x=1"], "unknown policy 'lottery'; known: vanilla"),
+    (["--device", "tpu"], "'--device': 'tpu' is not one of 'cpu', 'cuda'"),
+    (["--seed", "-1"], "'--seed'"),
+    (["--seed", str(10**30)], "'--seed'"),
+    (["--steps", str(10**30)], "'--steps'"),
+    (["--network-rtol", "nan"], "'--network-rtol': 'nan' is not a finite number >= 0 and < 1"),
+])
+def test_cli_refuses_bad_values_as_usage_errors(small_trace, tmp_path, args, says):
+    res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--steps", "1",
+                                    "--out", str(tmp_path / "r"), *args])
+    assert res.exit_code == 2, res.output
+    assert says in res.output and "Traceback" not in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_cuda_without_cuda_is_a_usage_error(small_trace, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--device", "cuda",
+                                    "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert "'--device': cuda: CUDA is not available" in res.output
+    with pytest.raises(PolicyError, match="CUDA is not available"):
+        replay(config(small_trace, device="cuda"))
+    with pytest.raises(PolicyError, match='"device" must be cpu or cuda'):
+        replay(config(small_trace, device="tpu"))
+
+
+@pytest.mark.parametrize("over, says", [
+    (dict(capacity_factor=float("inf")), '"capacity_factor" must be a finite number > 0'),
+    (dict(policy_params={"macs": {"rho": float("nan")}}), '"rho" must be a finite number'),
+    (dict(max_steps=0), '"max_steps" must be an integer >= 1'),
+    (dict(seed=-1), '"seed" must be an integer >= 0'),
+    (dict(network_rtol=1.0), '"network_rtol" must be a finite number >= 0 and < 1'),
+])
+def test_library_config_is_validated(small_trace, over, says):
+    from macssim import MacssimError
+
+    with pytest.raises(MacssimError) as err:
+        replay(config(small_trace, **over))
+    assert says in str(err.value)
 
 
 def test_an_id_only_trace_replays_with_policies_that_need_no_scores(small_trace, tmp_path):

@@ -10,31 +10,72 @@ from pathlib import Path
 import click
 
 from macssim._resources import DEFAULT_TRACE
+from macssim._validate import Limits
 from macssim.cli._output import echo_table, library_errors
+from macssim.cli._types import FiniteFloat
 
 __all__ = ["command"]
 
 DEFAULT_POLICIES = "macs,expanded-drop,token-drop"
 
 
+def _brief(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
 def _parse_params(values: tuple[str, ...]) -> dict[str, dict[str, object]]:
-    """``macs.rho=1.0`` -> {"macs": {"rho": 1.0}}; numbers become floats/ints."""
+    """``macs.rho=1.0`` -> {"macs": {"rho": 1.0}}; numbers become floats/ints. Each value
+    is checked against what its policy declares (known policy and parameter, a finite
+    number in range or one of the choices): a bad one is a usage error naming --param."""
+    from macssim._errors import PolicyError
+    from macssim.policies._registry import check_policy_params
+
     out: dict[str, dict[str, object]] = {}
     for item in values:
-        m = re.fullmatch(r"([a-z-]+)\.([a-z_]+)=(.+)", item)
+        m = re.fullmatch(r"([a-z-]+)\.([a-z_]+)=(.+)", item, flags=re.S)
         if not m:
-            raise click.BadParameter(f"{item!r}: expected POLICY.NAME=VALUE, e.g. macs.rho=1.0",
-                                     param_hint="--param")
+            raise click.BadParameter(f"{_brief(item)}: expected POLICY.NAME=VALUE, e.g. "
+                                     "macs.rho=1.0", param_hint="--param")
         policy, name, raw = m.groups()
         value: object = raw
         for cast in (int, float):
             try:
                 value = cast(raw)
                 break
-            except ValueError:
+            except (ValueError, OverflowError):
                 continue
+        try:
+            check_policy_params(policy, {name: value})
+        except PolicyError as e:
+            raise click.BadParameter(f"{_brief(item)}: {e}", param_hint="--param") from e
         out.setdefault(policy, {})[name] = value
     return out
+
+
+def _check_policy_names(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Every name in --policy is a known policy."""
+    from macssim.policies import list_policies
+
+    known = list(list_policies())
+    names = [p.strip() for p in value.split(",") if p.strip()]
+    if not names:
+        raise click.BadParameter(f"no policy given; known: {', '.join(known)}")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        shown = ", ".join(_brief(n) for n in unknown[:5])
+        raise click.BadParameter(f"unknown policy {shown}; known: {', '.join(known)}")
+    return value
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``cuda`` only where torch sees a CUDA GPU."""
+    if value == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"cuda: CUDA is not available (this torch "
+                                     f"{torch.__version__} sees no CUDA GPU); use cpu")
+    return value
 
 
 def _default_out(trace: Path, topology: str, gamma: float) -> Path:
@@ -47,17 +88,21 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
               default=None, help="Trace to replay (format v1). Default: the bundled "
               "traces/default.mtrace (Qwen3-VL-30B-A3B, image-heavy, synthetic).")
 @click.option("--policy", "policies", default=DEFAULT_POLICIES, show_default=True,
+              callback=_check_policy_names,
               help="Policies to replay side by side, comma-separated: vanilla, token-drop, "
               "expanded-drop, macs. token-drop is always added as the baseline of the ratios.")
 @click.option("--topology", default="8xH100", show_default=True,
               help="Preset name (8xH100, 8xH200, 8xH800, 16xH100, 64xH100) or a path to a "
               "topology YAML.")
-@click.option("--capacity-factor", "gamma", type=float, default=1.0, show_default=True,
-              help="γ: each expert's capacity is ceil(γ·T·k/E) assignments per layer and step.")
+@click.option("--capacity-factor", "gamma",
+              type=FiniteFloat(0.0, Limits.MAX_CAPACITY_FACTOR, low_open=True), default=1.0,
+              show_default=True, help="γ, a finite number in (0, 1e6]: each expert's "
+              "capacity is ceil(γ·T·k/E) assignments per layer and step.")
 @click.option("--param", "params", multiple=True, metavar="POLICY.NAME=VALUE",
               help="A policy parameter, e.g. macs.rho=1.0, macs.delta=2, "
-              "token-drop.drop_policy=position. Repeatable.")
-@click.option("--steps", "max_steps", type=click.IntRange(min=1), default=None,
+              "token-drop.drop_policy=position; checked against what the policy takes "
+              "(docs/policies.md). Repeatable.")
+@click.option("--steps", "max_steps", type=click.IntRange(1, Limits.MAX_STEPS), default=None,
               help="Replay only the first N steps.")
 @click.option("--calibration-trace", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Trace to calibrate MACS's expert modality labels on "
@@ -69,10 +114,11 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
               "to DIR-2, DIR-3, … unless --force.")
 @click.option("--force", is_flag=True,
               help="Replace an earlier macssim report in --out (only files it wrote).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed, recorded in run.json.")
-@click.option("--device", default="cpu", show_default=True,
-              help="Where the policies run: cpu or cuda.")
-@click.option("--network-rtol", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+@click.option("--seed", type=click.IntRange(0, Limits.MAX_SEED), default=0, show_default=True,
+              help="Seed, recorded in run.json.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              callback=_check_device, help="Where the policies run (cuda: a CUDA GPU torch sees).")
+@click.option("--network-rtol", type=FiniteFloat(0.0, 1.0, high_open=True), default=0.0,
               show_default=True, help="0: exact max-min link sharing. > 0: flows ending within "
               "this fraction of each other end together; 0.02 makes 64-GPU steps ~3x faster "
               "for ~1 % latency change.")

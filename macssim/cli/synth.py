@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from macssim._errors import MacssimError
+from macssim._validate import Limits
 
 __all__ = ["command"]
 
@@ -63,15 +66,16 @@ def _print_summary(summary) -> None:
 @click.option("--scenario", default="docvqa", show_default=True,
               help="Traffic scenario: a bundled name (see --list-scenarios) or a path to a "
                    "scenario YAML file.")
-@click.option("--steps", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--steps", type=click.IntRange(1, Limits.MAX_STEPS), default=64, show_default=True,
               help="Forward steps in all (prefill and decode steps together).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, Limits.MAX_SEED), default=0, show_default=True,
               help="Random seed; the same command and seed give a byte-identical file.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Trace file to write [default: <scenario>-seed<seed>.mtrace].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Override the scenario's requests per prefill batch.")
-@click.option("--decode-steps", type=click.IntRange(min=0), default=None,
+@click.option("--batch-size", type=click.IntRange(1, Limits.MAX_BATCH), default=None,
+              help="Override the scenario's requests per prefill batch (a prefill step holds "
+                   f"at most {Limits.MAX_TOKENS_PER_STEP:,} tokens).")
+@click.option("--decode-steps", type=click.IntRange(0, Limits.MAX_STEPS), default=None,
               help="Override the scenario's decode steps after each prefill (tokens).")
 @click.option("--compress/--no-compress", default=False, show_default=True,
               help="zlib-compress each step (smaller file, slower to write and read).")
@@ -96,17 +100,22 @@ def command(model: str, scenario: str, steps: int, seed: int, out: str | None,
     """
     from tqdm import tqdm
 
-    from macssim.trace import get_scenario, synthesize
+    from macssim.trace import get_model_preset, get_scenario, synthesize
 
     try:
         if list_scenarios:
             _print_scenarios()
             return
-        spec = get_scenario(scenario).with_overrides(batch_size=batch_size,
-                                                     decode_steps=decode_steps)
-        path = out or f"{spec.name}-seed{seed}.mtrace"
+        facts = get_model_preset(model)
+        spec = get_scenario(scenario)
+        try:
+            spec = spec.with_overrides(batch_size=batch_size, decode_steps=decode_steps)
+        except MacssimError as e:  # the batch makes a prefill step too large
+            raise click.BadParameter(str(e), param_hint="--batch-size") from e
+        # A scenario's name is free text: keep the default file name a plain one, here.
+        path = out or f"{re.sub(r'[^A-Za-z0-9_.-]', '_', spec.name)[:100]}-seed{seed}.mtrace"
         with tqdm(total=steps, unit="step", desc="synth", leave=False) as bar:
-            summary = synthesize(path, model=model, scenario=spec, num_steps=steps,
+            summary = synthesize(path, model=facts, scenario=spec, num_steps=steps,
                                  seed=seed, compress=compress,
                                  on_step=lambda step: bar.update(1))
     except MacssimError as e:

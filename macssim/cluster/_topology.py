@@ -7,8 +7,11 @@ that: the GPU kind and its roofline figures, how many GPUs per node and how many
 nodes, the NVLink figures, the NICs and the switch. Every figure carries its source
 in a YAML comment in the preset files under ``topologies/``.
 
-Files are validated once, on load; every error names the file and the field
-(``topologies/8xH100.yaml: "nvlink.bw_bytes_per_s" must be > 0, got 0``).
+Files are read with the bounded loader of ``macssim._validate`` and validated once, on
+load (and a topology built in code is held to the same ranges, ``_RANGES``): every figure
+finite and physically plausible, every count an integer, at most ``Limits.MAX_GPUS`` GPUs.
+Every error names the file and the field (``topologies/8xH100.yaml:
+"nvlink.bw_bytes_per_s" must be a finite number >= 1e+06 and <= 1e+15, got 0``).
 """
 
 from __future__ import annotations
@@ -20,10 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from macssim._errors import TopologyError
 from macssim._resources import TOPOLOGIES_DIR
+from macssim._validate import (
+    Limits,
+    brief,
+    check_int,
+    check_number,
+    check_text,
+    load_yaml,
+    mapping,
+)
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -124,17 +134,7 @@ class Topology:
     """File the topology was read from ("" when built in code)."""
 
     def __post_init__(self) -> None:
-        where = self.source or f"topology {self.name!r}"
-        if self.nodes <= 0 or self.gpus_per_node <= 0:
-            raise TopologyError(f'{where}: "nodes" and "gpus_per_node" must be > 0, got '
-                                f"{self.nodes} and {self.gpus_per_node}")
-        if self.nodes > 1 and (self.nic is None or self.switch is None):
-            missing = "nic" if self.nic is None else "switch"
-            raise TopologyError(f'{where}: "{missing}" is required when "nodes" > 1 '
-                                f"(got nodes: {self.nodes})")
-        if self.nic is not None and self.gpus_per_node % self.nic.per_node:
-            raise TopologyError(f'{where}: "nic.per_node" ({self.nic.per_node}) must divide '
-                                f'"gpus_per_node" ({self.gpus_per_node})')
+        _check_topology(self)
 
     @property
     def num_gpus(self) -> int:
@@ -150,7 +150,11 @@ class Topology:
         return (gpu % self.gpus_per_node) // (self.gpus_per_node // self.nic.per_node)
 
     def with_nodes(self, nodes: int) -> Topology:
-        """The same hardware with another node count (e.g. 8xH800 scaled to EP32)."""
+        """The same hardware with another node count (e.g. 8xH800 scaled to EP32); at most
+        ``Limits.MAX_GPUS`` GPUs in all."""
+        where = self.source or f"topology {self.name!r}"
+        check_int(nodes, where, "nodes", low=1,
+                  high=max(1, Limits.MAX_GPUS // self.gpus_per_node), error=TopologyError)
         return dataclasses.replace(self, nodes=nodes,
                                    name=f"{nodes * self.gpus_per_node}x{self.gpu.kind}")
 
@@ -172,6 +176,91 @@ class Topology:
 
 
 # ---------------------------------------------------------------------------------------
+# Validation: one table of ranges, checked for a file and for a topology built in code
+
+_FLOPS = (1e9, 1e18)
+"""FLOP/s of one GPU: 1 GFLOP/s (below that, a typo) to 1 EFLOP/s (B200: 2.25e15 dense
+BF16, so a ~400x margin)."""
+_BYTES_PER_S = (1e6, 1e15)
+"""Bandwidth of one GPU's HBM, NVLink port or NIC: 1 MB/s to 1 PB/s (B200 HBM3e: 8e12,
+NVLink 5: 900e9 each direction, an 800 Gb/s NIC: 1e11)."""
+_FABRIC_BYTES_PER_S = (1e6, 1e18)
+"""The whole switch fabric: up to MAX_GPUS ports of the largest link."""
+_MEMORY_BYTES = (1e6, 1e15)
+"""HBM capacity: 1 MB to 1 PB (B200: 192e9)."""
+_LATENCY_S = (0.0, 1.0)
+"""Start-up latency of one transfer or hop: 0 to 1 s (real ones are 0.1 to 20 µs)."""
+_EFFICIENCY = (1e-3, 1.0)
+"""Fraction of a peak that is reached: (0, 1]; below 0.1 % is a typo (and would turn a
+finite transfer into an infinite one)."""
+
+# dotted field -> (low, high); numbers are finite and within [low, high]
+_RANGES: dict[str, tuple[float, float]] = {
+    "gpu.bf16_flops_per_s": _FLOPS,
+    "gpu.hbm_bytes_per_s": _BYTES_PER_S,
+    "gpu.memory_bytes": _MEMORY_BYTES,
+    "gpu.compute_efficiency": _EFFICIENCY,
+    "gpu.memory_efficiency": _EFFICIENCY,
+    "nvlink.bw_bytes_per_s": _BYTES_PER_S,
+    "nvlink.latency_s": _LATENCY_S,
+    "nvlink.efficiency": _EFFICIENCY,
+    "nic.rate_bytes_per_s": _BYTES_PER_S,
+    "nic.latency_s": _LATENCY_S,
+    "nic.efficiency": _EFFICIENCY,
+    "switch.latency_s": _LATENCY_S,
+    "switch.fabric_bw_bytes_per_s": _FABRIC_BYTES_PER_S,
+}
+
+
+def _check_topology(t: Topology) -> None:
+    """Every field of ``t`` is what the cluster model can use: names non-empty, counts
+    integers with at most ``Limits.MAX_GPUS`` GPUs in all, every figure finite and in
+    ``_RANGES``. Raises TopologyError naming the file (or the topology) and the field."""
+    where = t.source or f"topology {brief(t.name)}"
+    err = TopologyError
+    check_text(t.name, where, "name", error=err)
+    for section, spec, kind in (("gpu", t.gpu, GpuSpec), ("nvlink", t.nvlink, NvlinkSpec),
+                                ("nic", t.nic, NicSpec), ("switch", t.switch, SwitchSpec)):
+        if spec is None and section in ("nic", "switch"):
+            continue
+        if not isinstance(spec, kind):
+            raise err(f'{where}: "{section}" must be a {kind.__name__}, got {brief(spec)}')
+    check_text(t.gpu.kind, where, "gpu.kind", error=err)
+    check_int(t.gpus_per_node, where, "gpus_per_node", low=1, high=Limits.MAX_GPUS_PER_NODE,
+              error=err)
+    check_int(t.nodes, where, "nodes", low=1, error=err)
+    if t.nodes * t.gpus_per_node > Limits.MAX_GPUS:
+        raise err(f'{where}: "nodes" × "gpus_per_node" = {brief(t.nodes)} × {t.gpus_per_node} = '
+                  f"{brief(t.nodes * t.gpus_per_node)} GPUs; at most {Limits.MAX_GPUS} are "
+                  "supported (the network model holds GPU-to-GPU routes for every pair)")
+    for field, (low, high) in _RANGES.items():
+        section, name = field.split(".")
+        spec = getattr(t, section)
+        if spec is None:
+            continue
+        value = getattr(spec, name)
+        if value is None and field == "switch.fabric_bw_bytes_per_s":
+            continue
+        check_number(value, where, field, low=low, high=high, error=err)
+    if t.nodes > 1 and (t.nic is None or t.switch is None):
+        missing = "nic" if t.nic is None else "switch"
+        raise err(f'{where}: "{missing}" is required when "nodes" > 1 (got nodes: {t.nodes})')
+    if t.nic is not None:
+        check_int(t.nic.per_node, where, "nic.per_node", low=1,
+                  high=Limits.MAX_GPUS_PER_NODE, error=err)
+        if t.gpus_per_node % t.nic.per_node:
+            raise err(f'{where}: "nic.per_node" ({t.nic.per_node}) must divide '
+                      f'"gpus_per_node" ({t.gpus_per_node})')
+    if t.switch is not None:
+        if not isinstance(t.switch.non_blocking, bool):
+            raise err(f'{where}: "switch.non_blocking" must be true or false, got '
+                      f"{brief(t.switch.non_blocking)}")
+        if not t.switch.non_blocking and t.switch.fabric_bw_bytes_per_s is None:
+            raise err(f'{where}: "switch.fabric_bw_bytes_per_s" is required when '
+                      '"switch.non_blocking" is false')
+
+
+# ---------------------------------------------------------------------------------------
 # YAML loading
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
@@ -186,16 +275,15 @@ _OPTIONAL = {"name", "nic", "switch", "switch.non_blocking", "switch.fabric_bw_b
 
 
 class _Reader:
-    """Reads typed fields out of one YAML mapping, naming the file and field on error."""
+    """Reads the fields of one YAML mapping, naming the file and field on error; the
+    values are checked by ``_check_topology`` once the topology is assembled."""
 
     def __init__(self, where: str, data: Any, section: str) -> None:
         self.where, self.section = where, section
-        if not isinstance(data, dict):
-            raise TopologyError(f'{where}: "{section or "top level"}" must be a mapping, got '
-                                f"{type(data).__name__}")
-        unknown = sorted(set(map(str, data)) - set(_SECTIONS[section]))
+        mapping(data, where, section, error=TopologyError)
+        unknown = sorted(set(data) - set(_SECTIONS[section]))
         if unknown:
-            raise TopologyError(f"{where}: unknown key(s) {unknown} in "
+            raise TopologyError(f"{where}: unknown key(s) {brief(unknown)} in "
                                 f'"{section or "top level"}"; known: {list(_SECTIONS[section])}')
         self.data = data
 
@@ -209,37 +297,6 @@ class _Reader:
             raise TopologyError(f'{self.where}: missing field "{self._key(name)}"')
         return self.data[name]
 
-    def number(self, name: str, *, positive: bool = True, at_most: float | None = None,
-               integer: bool = False) -> float | int | None:
-        value = self.raw(name)
-        if value is None:
-            return None
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value)
-        except (TypeError, ValueError):
-            raise TopologyError(f'{self.where}: "{self._key(name)}" must be a number, got '
-                                f"{value!r}") from None
-        if integer and number != int(number):
-            raise TopologyError(f'{self.where}: "{self._key(name)}" must be an integer, got '
-                                f"{value!r}")
-        if positive and not number > 0:
-            raise TopologyError(f'{self.where}: "{self._key(name)}" must be > 0, got {value!r}')
-        if not positive and not number >= 0:
-            raise TopologyError(f'{self.where}: "{self._key(name)}" must be >= 0, got {value!r}')
-        if at_most is not None and number > at_most:
-            raise TopologyError(f'{self.where}: "{self._key(name)}" must be <= {at_most}, got '
-                                f"{value!r}")
-        return int(number) if integer else number
-
-    def text(self, name: str) -> str:
-        value = self.raw(name)
-        if not isinstance(value, str) or not value.strip():
-            raise TopologyError(f'{self.where}: "{self._key(name)}" must be a non-empty string, '
-                                f"got {value!r}")
-        return value.strip()
-
     def sub(self, name: str) -> _Reader | None:
         value = self.raw(name)
         return None if value is None else _Reader(self.where, value, self._key(name))
@@ -251,50 +308,26 @@ def _parse(data: Any, where: str, default_name: str) -> Topology:
     if gpu_r is None or "kind" not in gpu_r.data:
         raise TopologyError(f'{where}: missing field "gpu.kind" (the GPU kind, e.g. '
                             f"H100-SXM5-80GB, with its figures)")
-    gpu = GpuSpec(
-        kind=gpu_r.text("kind"),
-        bf16_flops_per_s=gpu_r.number("bf16_flops_per_s"),
-        hbm_bytes_per_s=gpu_r.number("hbm_bytes_per_s"),
-        memory_bytes=gpu_r.number("memory_bytes"),
-        compute_efficiency=gpu_r.number("compute_efficiency", at_most=1.0),
-        memory_efficiency=gpu_r.number("memory_efficiency", at_most=1.0),
-    )
+    gpu = GpuSpec(**{name: gpu_r.raw(name) for name in _SECTIONS["gpu"]})
     nv_r = top.sub("nvlink")
     if nv_r is None:
         raise TopologyError(f'{where}: missing field "nvlink"')
-    nvlink = NvlinkSpec(
-        bw_bytes_per_s=nv_r.number("bw_bytes_per_s"),
-        latency_s=nv_r.number("latency_s", positive=False),
-        efficiency=nv_r.number("efficiency", at_most=1.0),
-    )
+    nvlink = NvlinkSpec(**{name: nv_r.raw(name) for name in _SECTIONS["nvlink"]})
     nic = None
     if (nic_r := top.sub("nic")) is not None:
-        nic = NicSpec(
-            per_node=nic_r.number("per_node", integer=True),
-            rate_bytes_per_s=nic_r.number("rate_bytes_per_s"),
-            latency_s=nic_r.number("latency_s", positive=False),
-            efficiency=nic_r.number("efficiency", at_most=1.0),
-        )
+        nic = NicSpec(**{name: nic_r.raw(name) for name in _SECTIONS["nic"]})
     switch = None
     if (sw_r := top.sub("switch")) is not None:
         non_blocking = sw_r.raw("non_blocking")
-        if non_blocking is None:
-            non_blocking = True
-        if not isinstance(non_blocking, bool):
-            raise TopologyError(f'{where}: "switch.non_blocking" must be true or false, got '
-                                f"{non_blocking!r}")
-        fabric = sw_r.number("fabric_bw_bytes_per_s")
-        if not non_blocking and fabric is None:
-            raise TopologyError(f'{where}: "switch.fabric_bw_bytes_per_s" is required when '
-                                f'"switch.non_blocking" is false')
-        switch = SwitchSpec(latency_s=sw_r.number("latency_s", positive=False),
-                            non_blocking=non_blocking, fabric_bw_bytes_per_s=fabric)
+        switch = SwitchSpec(latency_s=sw_r.raw("latency_s"),
+                            non_blocking=True if non_blocking is None else non_blocking,
+                            fabric_bw_bytes_per_s=sw_r.raw("fabric_bw_bytes_per_s"))
     name = top.raw("name")
     return Topology(
-        name=str(name) if name is not None else default_name,
+        name=default_name if name is None else name,
         gpu=gpu,
-        nodes=top.number("nodes", integer=True),
-        gpus_per_node=top.number("gpus_per_node", integer=True),
+        nodes=top.raw("nodes"),
+        gpus_per_node=top.raw("gpus_per_node"),
         nvlink=nvlink, nic=nic, switch=switch, source=where,
     )
 
@@ -309,14 +342,28 @@ def _preset_sort_key(name: str) -> tuple[int, str]:
     return (int(head) if head.isdigit() else 0, name)
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
 def load_topology(name_or_path: str | os.PathLike) -> Topology:
     """A preset by name (``8xH100``, case-insensitive) or a user's YAML file by path."""
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise TopologyError(f"a topology is a preset name or a path, got {brief(name_or_path)}")
     text = os.fspath(name_or_path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if not text.strip():
+        raise TopologyError(f"no topology given: a preset ({', '.join(list_topology_presets())}) "
+                            "or a path to a YAML file")
     path = Path(text)
-    if not (path.suffix in (".yaml", ".yml") or path.exists() or os.sep in text):
+    if not (path.suffix in (".yaml", ".yml") or _exists(path) or os.sep in text):
         presets = {p.lower(): p for p in list_topology_presets()}
         if text.lower() not in presets:
-            raise TopologyError(f"unknown topology preset {text!r}; known: "
+            raise TopologyError(f"unknown topology preset {brief(text)}; known: "
                                 f"{', '.join(list_topology_presets())} (or give a path to a "
                                 f"YAML file)")
         path = TOPOLOGIES_DIR / f"{presets[text.lower()]}.yaml"
@@ -324,13 +371,5 @@ def load_topology(name_or_path: str | os.PathLike) -> Topology:
 
 
 def _load_file(path: Path) -> Topology:
-    where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise TopologyError(f"{where}: cannot read topology file ({e.strerror})") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise TopologyError(f"{where}: not valid YAML ({e})") from e
-    return _parse(data, where, default_name=path.stem)
+    data = load_yaml(path, what="topology", error=TopologyError)
+    return _parse(data, str(path), default_name=path.stem)

@@ -10,13 +10,15 @@ from typing import Any
 import torch
 
 from macssim._errors import PolicyError
+from macssim._validate import Limits, brief, check_choice, check_number
 from macssim.policies._plan import DispatchPlan
 from macssim.policies.expanded_drop import expanded_drop
 from macssim.policies.macs import MacsParams, macs
 from macssim.policies.token_drop import token_drop
 from macssim.policies.vanilla import vanilla
 
-__all__ = ["Policy", "get_policy", "list_policies"]
+__all__ = ["ParamSpec", "Policy", "check_policy_params", "get_policy", "list_policies",
+           "policy_parameters"]
 
 
 def _macs_entry(scores, *, params: dict[str, Any], **kw) -> DispatchPlan:
@@ -35,9 +37,80 @@ _POLICIES: dict[str, tuple[Callable[..., DispatchPlan], tuple[str, ...], str]] =
 }
 
 
+@dataclass(frozen=True)
+class ParamSpec:
+    """What one policy parameter accepts: a finite number in [low, high] (``low_open``:
+    (low, high]), or one of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] = ()
+
+    def expected(self) -> str:
+        """In the words of the error messages: ``a finite number > 0 and <= 1e+06``."""
+        if self.choices:
+            return f"one of {list(self.choices)}"
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"<= {self.high:g}")
+        return "a finite number" + (" " + " and ".join(parts) if parts else "")
+
+    def check(self, value: Any, where: str, name: str) -> Any:
+        if self.choices:
+            return check_choice(value, where, name, self.choices, error=PolicyError)
+        return check_number(value, where, name, low=self.low, high=self.high,
+                            low_open=self.low_open, error=PolicyError)
+
+
+_GAMMA = ParamSpec(low=0.0, high=Limits.MAX_CAPACITY_FACTOR, low_open=True)
+_KNOB = ParamSpec(low=0.0, high=1e6)
+# Every parameter any policy takes; each policy takes the subset named in _POLICIES.
+_PARAMS: dict[str, ParamSpec] = {
+    "capacity_factor": _GAMMA,
+    "delta": _KNOB,
+    "drop_policy": ParamSpec(choices=("probs", "position")),
+    "rho": _KNOB,
+    "eps": ParamSpec(low=1e-12, high=1e6),  # > 0, and still > 0 once cast to float32
+    "min_capacity": _KNOB,
+    "capacity_basis": ParamSpec(choices=("tokens", "weight")),
+}
+
+
 def list_policies() -> dict[str, str]:
     """Name -> one-line description."""
     return {name: spec[2] for name, spec in _POLICIES.items()}
+
+
+def policy_parameters(name: str) -> dict[str, ParamSpec]:
+    """The parameters policy ``name`` takes, with what each accepts."""
+    _known(name)
+    return {p: _PARAMS[p] for p in _POLICIES[name][1]}
+
+
+def _known(name: Any) -> None:
+    if not isinstance(name, str) or name not in _POLICIES:
+        raise PolicyError(f"unknown policy {brief(name)}; known: {', '.join(_POLICIES)}")
+
+
+def check_policy_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` checked against what policy ``name`` takes: known names, finite numbers
+    in range, strings among the choices. Returns them normalised (numbers as float).
+
+    Raises PolicyError naming the policy, the parameter and what it accepts."""
+    _known(name)
+    accepted = _POLICIES[name][1]
+    unknown = sorted(map(str, set(params) - set(accepted)))
+    if unknown:
+        raise PolicyError(f"{name}: unknown parameter(s) {brief(unknown)}; it takes "
+                          f"{', '.join(accepted) or 'none'}")
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        checked = _PARAMS[key].check(value, name, key)
+        out[key] = float(checked) if isinstance(checked, int | float) else checked
+    return out
 
 
 @dataclass(frozen=True)
@@ -103,24 +176,11 @@ class Policy:
 def get_policy(name: str, **params: Any) -> Policy:
     """The policy ``name`` with ``params`` bound (e.g. ``capacity_factor=1.25``).
 
-    Raises PolicyError for an unknown name (listing the known ones) or a parameter the
-    policy does not take (listing the ones it does).
+    Raises PolicyError for an unknown name (listing the known ones), a parameter the
+    policy does not take (listing the ones it does) or a value it does not accept (a
+    number that is not finite or out of range, a string not among the choices).
     """
-    if name not in _POLICIES:
-        raise PolicyError(f"unknown policy {name!r}; known: {', '.join(_POLICIES)}")
-    accepted = _POLICIES[name][1]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise PolicyError(f"{name}: unknown parameter(s) {unknown}; it takes "
-                          f"{', '.join(accepted) or 'none'}")
+    checked = check_policy_params(name, params)
     if name == "macs":
-        MacsParams(**params)  # validate now, not on the first call
-    else:
-        for key, value in params.items():
-            if key in ("capacity_factor",) and not (isinstance(value, int | float)
-                                                    and value > 0):
-                raise PolicyError(f'{name}: "{key}" must be a number > 0, got {value!r}')
-            if key == "drop_policy" and value not in ("probs", "position"):
-                raise PolicyError(f'{name}: "drop_policy" must be probs or position, got '
-                                  f"{value!r}")
-    return Policy(name=name, params=dict(params))
+        MacsParams(**checked)  # its own checks too, now rather than on the first call
+    return Policy(name=name, params=checked)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,8 @@ import pandas as pd
 import torch
 
 from macssim import __version__
-from macssim._errors import PolicyError
+from macssim._errors import MacssimError, PolicyError
+from macssim._validate import Limits, brief, check_int, check_number
 from macssim.cluster import (
     LayerRouting,
     RequestAssigner,
@@ -94,13 +96,54 @@ class ReplayResult:
     versions: dict[str, str] = field(default_factory=dict)
 
 
+def _check_config(config: ReplayConfig) -> None:
+    """Everything in ``config`` that needs no file: refused before anything is read."""
+    where = "replay"
+    if not isinstance(config.policies, tuple | list) or not all(
+            isinstance(p, str) for p in config.policies):
+        raise PolicyError(f'{where}: "policies" must be a tuple of policy names, got '
+                          f"{brief(config.policies)}")
+    if not isinstance(config.policy_params, dict) or not all(
+            isinstance(v, dict) for v in config.policy_params.values()):
+        raise PolicyError(f'{where}: "policy_params" must map policy names to parameter '
+                          f"dicts, got {brief(config.policy_params)}")
+    check_number(config.capacity_factor, where, "capacity_factor", low=0.0, low_open=True,
+                 high=Limits.MAX_CAPACITY_FACTOR, error=PolicyError)
+    if config.max_steps is not None:
+        check_int(config.max_steps, where, "max_steps", low=1, high=Limits.MAX_STEPS)
+    check_int(config.seed, where, "seed", low=0, high=Limits.MAX_SEED)
+    rtol = check_number(config.network_rtol, where, "network_rtol", low=0.0, high=1.0)
+    if rtol >= 1.0:
+        raise MacssimError(f'{where}: "network_rtol" must be a finite number >= 0 and < 1, '
+                           f"got {rtol!r}")
+
+
+def _device(name: object) -> torch.device:
+    """``cpu``, or ``cuda`` / ``cuda:N`` when torch sees that GPU; anything else is a
+    PolicyError saying what is available."""
+    if not isinstance(name, str) or not re.fullmatch(r"cpu|cuda(:[0-9]{1,4})?", name):
+        raise PolicyError(f'replay: "device" must be cpu or cuda (cuda:N for GPU N), got '
+                          f"{brief(name)}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PolicyError(f"replay: device {name}: CUDA is not available (this torch "
+                              f"{torch.__version__} sees no CUDA GPU); use --device cpu")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise PolicyError(f"replay: device {name}: torch sees "
+                              f"{torch.cuda.device_count()} CUDA GPU(s)")
+    return torch.device(name)
+
+
 def _build_policies(config: ReplayConfig, has_scores: bool) -> dict[str, Policy]:
     names = list(dict.fromkeys(config.policies))
     if not names:
         raise PolicyError("no policy given; known: vanilla, token-drop, expanded-drop, macs")
     unknown_params = set(config.policy_params) - set(names)
     if unknown_params:
-        raise PolicyError(f"parameters given for policies not replayed: {sorted(unknown_params)}")
+        raise PolicyError(f"parameters given for policies not replayed: "
+                          f"{brief(sorted(map(str, unknown_params)))} (replayed: "
+                          f"{', '.join(names)})")
     params = {name: dict(config.policy_params.get(name, {})) for name in names}
     if BASELINE_POLICY not in names:
         # Added as the baseline of the ratios; an id-only trace (vLLM/SGLang import) has no
@@ -145,8 +188,9 @@ def replay(config: ReplayConfig,
         MacssimError (TraceError, TopologyError, PolicyError) for bad input, before any
         simulation when it can be known up front.
     """
+    _check_config(config)
+    device = _device(config.device)
     torch.manual_seed(config.seed)
-    device = torch.device(config.device)
     trace = open_trace(config.trace)
     model = trace.model
     topology = load_topology(config.topology)

@@ -1,5 +1,5 @@
 """Trace format v1: one file, a JSON header, then one self-describing record per forward
-step, then an index. Specified for outside writers in ``traces/README.md``.
+step, then an index. Specified for outside writers in ``docs/trace-format.md``.
 
 Why this shape: a trace can be far larger than memory (a 16k-token prefill of a
 48-layer, 128-expert model holds ~200 MB of router scores), so a reader must hold one
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from macssim._errors import TraceError
+from macssim._validate import Limits, brief, check_choice, check_int, load_json, mapping
 from macssim.trace._model import ModelFacts
 from macssim.trace._step import (
     FIELD_NAMES,
@@ -76,10 +79,9 @@ class TraceWriter:
         missing = [n for n, spec in FIELDS.items() if spec[3] and n not in self._fields]
         if missing:
             raise TraceError(f"{self._path}: required field(s) {missing} not in fields")
+        if len(set(self._fields)) != len(self._fields):
+            raise TraceError(f"{self._path}: a field is listed twice in {list(self._fields)}")
         self._compress = compress
-        self._tmp = self._path.with_name(f".{self._path.name}.tmp-{os.getpid()}")
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: BinaryIO | None = open(self._tmp, "wb")  # noqa: SIM115
         self._offsets: list[int] = []
         self._tokens = 0
         header = {
@@ -90,8 +92,20 @@ class TraceWriter:
             "fields": list(self._fields),
             "modalities": list(MODALITIES),
         }
-        blob = json.dumps(header, sort_keys=True).encode()
-        self._fh.write(MAGIC + struct.pack("<II", FORMAT_VERSION, len(blob)) + blob)
+        try:  # plain, finite JSON only: what a reader accepts
+            blob = json.dumps(header, sort_keys=True, allow_nan=False).encode()
+        except (TypeError, ValueError, RecursionError) as e:
+            raise TraceError(f"{self._path}: provenance must be plain JSON (strings, finite "
+                             f"numbers, lists, objects): {e}") from None
+        self._tmp = self._path.with_name(f".{self._path.name}.tmp-{os.getpid()}")
+        self._fh: BinaryIO | None = None
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self._tmp, "wb")  # noqa: SIM115
+            self._fh.write(MAGIC + struct.pack("<II", FORMAT_VERSION, len(blob)) + blob)
+        except OSError as e:
+            self.abort()
+            raise TraceError(f"{self._path}: cannot write trace: {e.strerror or e}") from e
 
     @property
     def num_steps(self) -> int:
@@ -101,15 +115,26 @@ class TraceWriter:
         """Validate and append one step; steps are numbered in the order written."""
         assert self._fh is not None, "writer is closed"
         where = f"{self._path}, step {len(self._offsets)}"
+        if len(self._offsets) >= Limits.MAX_STEPS:
+            raise TraceError(f"{where}: a trace holds at most {Limits.MAX_STEPS} steps")
         step = normalise_step(step, self._model, self._fields, where)
         check_step(step, self._model, self._fields, where)
+        if step.num_tokens > Limits.MAX_TOKENS_PER_STEP:
+            raise TraceError(f"{where}: {step.num_tokens} tokens, at most "
+                             f"{Limits.MAX_TOKENS_PER_STEP} in one step")
         arrays, chunks, offset = [], [], 0
         for name, arr in step.arrays().items():
             data = np.ascontiguousarray(arr, dtype=_disk_dtype(name, arr, self._model))
+            if data.dtype.kind == "f" and data.size and not np.isfinite(data).all():
+                raise TraceError(f'{where}: "{name}" holds values beyond the range of the '
+                                 f"{data.dtype} it is stored as (a reader would refuse them)")
             arrays.append({"name": name, "dtype": data.dtype.str, "shape": list(data.shape),
                            "offset": offset, "nbytes": data.nbytes})
-            chunks.append(memoryview(data).cast("B"))  # no copy
+            chunks.append(memoryview(data.reshape(-1).view(np.uint8)))  # no copy
             offset += data.nbytes
+        if offset > Limits.MAX_STEP_PAYLOAD_BYTES:
+            raise TraceError(f"{where}: the step's arrays take {offset} bytes, at most "
+                             f"{Limits.MAX_STEP_PAYLOAD_BYTES} in one step; split it")
         if self._compress:
             packer = zlib.compressobj(1)
             chunks = [b"".join([packer.compress(c) for c in chunks] + [packer.flush()])]
@@ -121,10 +146,14 @@ class TraceWriter:
                 "arrays": arrays, "payload_bytes": offset, "stored_bytes": stored_bytes,
                 "compression": "zlib" if self._compress else "none", "crc32": crc}
         blob = json.dumps(meta, sort_keys=True).encode()
-        self._offsets.append(self._fh.tell())
-        self._fh.write(STEP_TAG + struct.pack("<I", len(blob)) + blob)
-        for chunk in chunks:
-            self._fh.write(chunk)
+        try:
+            at = self._fh.tell()
+            self._fh.write(STEP_TAG + struct.pack("<I", len(blob)) + blob)
+            for chunk in chunks:
+                self._fh.write(chunk)
+        except OSError as e:
+            raise TraceError(f"{where}: cannot write trace: {e.strerror or e}") from e
+        self._offsets.append(at)
         self._tokens += step.num_tokens
 
     def close(self) -> Path:
@@ -134,21 +163,32 @@ class TraceWriter:
         index = {"num_steps": len(self._offsets), "num_tokens": self._tokens,
                  "step_offsets": self._offsets}
         blob = json.dumps(index).encode()
-        at = self._fh.tell()
-        self._fh.write(INDEX_TAG + struct.pack("<I", len(blob)) + blob
-                       + struct.pack("<Q", at) + END_MAGIC)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        self._fh = None
-        os.replace(self._tmp, self._path)
+        try:
+            at = self._fh.tell()
+            self._fh.write(INDEX_TAG + struct.pack("<I", len(blob)) + blob
+                           + struct.pack("<Q", at) + END_MAGIC)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+            os.replace(self._tmp, self._path)
+        except OSError as e:
+            self.abort()
+            raise TraceError(f"{self._path}: cannot write trace: {e.strerror or e}") from e
         return self._path
 
     def abort(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
+        try:
+            if self._fh is not None:
+                self._fh.close()
+        except OSError:
+            pass  # the temporary file goes anyway
+        finally:
             self._fh = None
-        self._tmp.unlink(missing_ok=True)
+            try:
+                self._tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # nothing left under the final name either way
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -175,78 +215,138 @@ class Trace:
     Opening reads the header and the index only; iterating reads, checks (CRC, shapes,
     dtypes, values) and yields one ``Step`` at a time, so memory stays at one step
     whatever the file's size.
+
+    The file may come from a stranger: every length, offset and count it holds is
+    checked against the file's size and ``macssim._validate.Limits`` before anything is
+    read or allocated, a compressed payload is inflated only up to the size its metadata
+    declares, and every problem is a ``TraceError`` naming the file, the step (and layer)
+    and the field.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         try:
-            self._size = self.path.stat().st_size
+            info = self.path.stat()
+            if stat.S_ISDIR(info.st_mode):
+                raise TraceError(f"{self.path}: is a directory, not a trace file")
+            if not stat.S_ISREG(info.st_mode):
+                raise TraceError(f"{self.path}: not a regular file (a trace is a file on "
+                                 "disk)")
             with open(self.path, "rb") as fh:
+                self._size = os.fstat(fh.fileno()).st_size
                 self._read_header(fh)
                 self._read_index(fh)
         except OSError as e:
             raise TraceError(f"{self.path}: cannot read trace: {e.strerror or e}") from e
+        except ValueError as e:  # a NUL byte in the path
+            raise TraceError(f"{self.path}: cannot read trace: {e}") from e
 
     # -- header and index ---------------------------------------------------------------
     def _read_header(self, fh: BinaryIO) -> None:
-        head = fh.read(16)
-        if len(head) < 16 or head[:8] != MAGIC:
+        if self._size == 0:
+            raise TraceError(f"{self.path}: empty file, not a macssim trace")
+        head = fh.read(_HEAD)
+        if head[:8] != MAGIC[:len(head)]:
             raise TraceError(f"{self.path}: not a macssim trace (bad magic bytes; expected a "
-                             "file written by macssim format v1, see traces/README.md)")
+                             "file written by macssim format v1, see docs/trace-format.md)")
+        if len(head) < _HEAD:
+            raise TraceError(f"{self.path}: truncated file: cut inside the first {_HEAD} "
+                             "bytes (magic, version, header length)")
         version, hlen = struct.unpack("<II", head[8:16])
         if version != FORMAT_VERSION:
             raise TraceError(f"{self.path}: format_version {version} is not supported; this "
                              f"macssim reads version {FORMAT_VERSION}")
+        room = self._size - _HEAD - _TAIL
+        if hlen > room:
+            raise TraceError(f"{self.path}: truncated file or corrupt header length: the "
+                             f"header claims {hlen} bytes, but the file holds {max(room, 0)} "
+                             f"bytes between its first {_HEAD} and its last {_TAIL}")
+        if hlen > Limits.MAX_JSON_BYTES:
+            raise TraceError(f"{self.path}: header is {hlen} bytes, at most "
+                             f"{Limits.MAX_JSON_BYTES} allowed")
         blob = fh.read(hlen)
         if len(blob) < hlen:
             raise TraceError(f"{self.path}: truncated file: header cut short")
-        try:
-            header = json.loads(blob)
-        except ValueError as e:
-            raise TraceError(f"{self.path}: header is not valid JSON: {e}") from e
-        for key in ("format_version", "model", "provenance", "fields"):
+        where = f"{self.path}: header"
+        header = mapping(load_json(blob, str(self.path), what="header JSON",
+                                   error=TraceError),
+                         str(self.path), "header", error=TraceError)
+        for key in ("format", "format_version", "model", "provenance", "fields"):
             if key not in header:
-                raise TraceError(f'{self.path}: header: missing field "{key}"')
-        if header["format_version"] != FORMAT_VERSION:
-            raise TraceError(f'{self.path}: header: "format_version" is '
-                             f"{header['format_version']!r}, expected {FORMAT_VERSION}")
-        self.model = ModelFacts.from_dict(header["model"], where=f"{self.path}: header.model")
+                raise TraceError(f'{where}: missing field "{key}"')
+        check_choice(header["format"], where, "format", ("macssim-trace",), error=TraceError)
+        fv = header["format_version"]
+        if isinstance(fv, bool) or not isinstance(fv, int) or fv != FORMAT_VERSION:
+            raise TraceError(f'{where}: "format_version" is {brief(fv)}, expected '
+                             f"{FORMAT_VERSION}")
+        self.model = ModelFacts.from_dict(header["model"], where=f"{where}.model")
         fields = header["fields"]
-        if not isinstance(fields, list) or set(fields) - set(FIELD_NAMES):
-            raise TraceError(f'{self.path}: header: "fields" must be a list drawn from '
-                             f"{list(FIELD_NAMES)}, got {fields!r}")
+        if (not isinstance(fields, list) or len(fields) > len(FIELD_NAMES)
+                or not all(isinstance(f, str) and f in FIELDS for f in fields)
+                or len(set(fields)) != len(fields)):
+            raise TraceError(f'{where}: "fields" must be a list of distinct names drawn from '
+                             f"{list(FIELD_NAMES)}, got {brief(fields)}")
         missing = [n for n, spec in FIELDS.items() if spec[3] and n not in fields]
         if missing:
-            raise TraceError(f'{self.path}: header: "fields" lacks required {missing}')
+            raise TraceError(f'{where}: "fields" lacks required {missing}')
+        if "modalities" in header and header["modalities"] != list(MODALITIES):
+            raise TraceError(f'{where}: "modalities" must be {list(MODALITIES)} (format v1), '
+                             f"got {brief(header['modalities'])}")
         self.fields: tuple[str, ...] = tuple(fields)
-        self.provenance: dict[str, Any] = dict(header["provenance"])
-        self._data_start = 16 + hlen
+        self.provenance: dict[str, Any] = dict(
+            mapping(header["provenance"], where, "provenance", error=TraceError))
+        self._data_start = _HEAD + hlen
 
     def _read_index(self, fh: BinaryIO) -> None:
-        tail = 16
-        if self._size < self._data_start + tail:
-            raise TraceError(f"{self.path}: truncated file: no index at the end (the writer "
-                             "did not finish)")
-        fh.seek(self._size - tail)
-        end = fh.read(tail)
-        if end[8:] != END_MAGIC:
+        end_at = self._size - _TAIL
+        fh.seek(end_at)
+        end = fh.read(_TAIL)
+        if len(end) < _TAIL or end[8:] != END_MAGIC:
             raise TraceError(f"{self.path}: truncated file: no index at the end (the writer "
                              "did not finish, or the file was cut)")
+        where = f"{self.path}: index"
         (at,) = struct.unpack("<Q", end[:8])
+        if not self._data_start <= at <= end_at - 8:
+            raise TraceError(f"{where}: corrupt index: it is said to start at byte {at}, "
+                             f"expected a byte in [{self._data_start}, {end_at - 8}] (after "
+                             "the header, before the end marker)")
         fh.seek(at)
         tag = fh.read(8)
         if len(tag) < 8 or tag[:4] != INDEX_TAG:
-            raise TraceError(f"{self.path}: corrupt index")
+            raise TraceError(f"{where}: corrupt index: no INDX tag at byte {at}")
         (ilen,) = struct.unpack("<I", tag[4:])
-        try:
-            index = json.loads(fh.read(ilen))
-            self._offsets = [int(o) for o in index["step_offsets"]]
-            self.num_tokens = int(index["num_tokens"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise TraceError(f"{self.path}: corrupt index: {e}") from e
+        if at + 8 + ilen != end_at:
+            raise TraceError(f"{where}: corrupt index: its length {ilen} does not end where "
+                             f"the end marker starts (byte {end_at}); expected "
+                             f"{end_at - at - 8}")
+        index = mapping(load_json(fh.read(ilen), where, what="index JSON", error=TraceError),
+                        where, "index", error=TraceError)
+        for key in ("num_steps", "num_tokens", "step_offsets"):
+            if key not in index:
+                raise TraceError(f'{where}: missing field "{key}"')
+        num_steps = check_int(index["num_steps"], where, "num_steps", low=0,
+                              high=Limits.MAX_STEPS, error=TraceError)
+        offsets = index["step_offsets"]
+        if not isinstance(offsets, list) or len(offsets) != num_steps:
+            raise TraceError(f'{where}: "step_offsets" must be a list of "num_steps" = '
+                             f"{num_steps} byte offsets, got {brief(offsets)}")
+        previous = None
+        for i, value in enumerate(offsets):
+            low = self._data_start if previous is None else previous + 8
+            offset = check_int(value, where, f"step_offsets[{i}]", low=low, high=at - 8,
+                               error=TraceError)
+            if previous is None and offset != self._data_start:
+                raise TraceError(f'{where}: "step_offsets[0]" is {offset}, expected '
+                                 f"{self._data_start} (the first step follows the header)")
+            previous = offset
+        if not offsets and at != self._data_start:
+            raise TraceError(f"{where}: corrupt index: no steps, yet {at - self._data_start} "
+                             "bytes lie between the header and the index")
+        self.num_tokens = check_int(index["num_tokens"], where, "num_tokens", low=0,
+                                    high=num_steps * Limits.MAX_TOKENS_PER_STEP,
+                                    error=TraceError)
+        self._offsets: list[int] = offsets
         self._index_at = at
-        if len(self._offsets) != int(index.get("num_steps", -1)):
-            raise TraceError(f"{self.path}: corrupt index: num_steps disagrees with offsets")
 
     # -- public -------------------------------------------------------------------------
     @property
@@ -260,89 +360,214 @@ class Trace:
         return field_name in self.fields
 
     def __iter__(self) -> Iterator[Step]:
-        with open(self.path, "rb") as fh:
+        with self._open() as fh:
             for i in range(self.num_steps):
                 yield self._read_step(fh, i)
 
     def step(self, i: int) -> Step:
         if not 0 <= i < self.num_steps:
             raise IndexError(f"{self.path}: step {i} out of range [0, {self.num_steps})")
-        with open(self.path, "rb") as fh:
+        with self._open() as fh:
             return self._read_step(fh, i)
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
-        with open(self.path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(chunk)
+        with self._open() as fh:
+            try:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(chunk)
+            except OSError as e:
+                raise TraceError(f"{self.path}: cannot read trace: {e.strerror or e}") from e
         return digest.hexdigest()
+
+    def _open(self) -> BinaryIO:
+        try:
+            return open(self.path, "rb")  # noqa: SIM115 - the callers close it
+        except OSError as e:
+            raise TraceError(f"{self.path}: cannot read trace: {e.strerror or e}") from e
 
     # -- one step -----------------------------------------------------------------------
     def _read_step(self, fh: BinaryIO, i: int) -> Step:
         where = f"{self.path}, step {i}"
+        try:
+            return self._read_step_unguarded(fh, i, where)
+        except OSError as e:
+            raise TraceError(f"{where}: cannot read: {e.strerror or e}") from e
+
+    def _read_step_unguarded(self, fh: BinaryIO, i: int, where: str) -> Step:
         at = self._offsets[i]
-        limit = self._offsets[i + 1] if i + 1 < self.num_steps else self._index_at
+        end = self._offsets[i + 1] if i + 1 < self.num_steps else self._index_at
         fh.seek(at)
         tag = fh.read(8)
-        if len(tag) < 8 or tag[:4] != STEP_TAG:
+        if len(tag) < 8:
+            raise TraceError(f"{where}: truncated file: record cut short at byte {at}")
+        if tag[:4] != STEP_TAG:
             raise TraceError(f"{where}: corrupt record (bad step tag at byte {at})")
         (mlen,) = struct.unpack("<I", tag[4:])
-        try:
-            meta = json.loads(fh.read(mlen))
-            arrays = meta["arrays"]
-            stored_bytes = int(meta["stored_bytes"])
-            payload_bytes = int(meta["payload_bytes"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise TraceError(f"{where}: corrupt step metadata: {e}") from e
-        if at + 8 + mlen + stored_bytes > limit:
-            raise TraceError(f"{where}: truncated record: payload runs past the next record")
+        if mlen > end - at - 8:
+            raise TraceError(f"{where}: corrupt record: metadata length {mlen} runs past the "
+                             f"record's end at byte {end} (at most {end - at - 8})")
+        meta = mapping(load_json(fh.read(mlen), where, what="step metadata",
+                                 error=TraceError), where, "step metadata", error=TraceError)
+        for key in _META_KEYS:
+            if key not in meta:
+                raise TraceError(f'{where}: step metadata: missing field "{key}"')
+        number = check_int(meta["step"], where, "step", low=0, error=TraceError)
+        if number != i:
+            raise TraceError(f'{where}: "step" is {number}, expected {i} (records out of '
+                             "order, or an index pointing at the wrong record)")
+        kind = check_choice(meta["kind"], where, "kind", _STEP_KINDS, error=TraceError)
+        num_tokens = check_int(meta["num_tokens"], where, "num_tokens", low=0,
+                               high=Limits.MAX_TOKENS_PER_STEP, error=TraceError)
+        compression = check_choice(meta["compression"], where, "compression",
+                                   ("none", "zlib"), error=TraceError)
+        room = end - at - 8 - mlen
+        stored_bytes = check_int(meta["stored_bytes"], where, "stored_bytes", low=0,
+                                 error=TraceError)
+        if stored_bytes != room:
+            raise TraceError(f'{where}: truncated or corrupt record: "stored_bytes" is '
+                             f"{stored_bytes}, but {room} bytes lie between the metadata and "
+                             f"the next record (byte {end})")
+        crc = check_int(meta["crc32"], where, "crc32", low=0, high=0xFFFFFFFF,
+                        error=TraceError)
+        payload_bytes = check_int(meta["payload_bytes"], where, "payload_bytes", low=0,
+                                  error=TraceError)
+        if payload_bytes > Limits.MAX_STEP_PAYLOAD_BYTES:
+            raise TraceError(f'{where}: "payload_bytes" is {payload_bytes}, more than the '
+                             f"{Limits.MAX_STEP_PAYLOAD_BYTES} bytes one step may hold")
+        most = self._max_payload(num_tokens)
+        if payload_bytes > most:
+            raise TraceError(f'{where}: "payload_bytes" is {payload_bytes}, more than the '
+                             f"{most} bytes the header's fields take for {num_tokens} tokens")
+        if compression == "none" and payload_bytes != stored_bytes:
+            raise TraceError(f'{where}: "payload_bytes" is {payload_bytes}, but an '
+                             f'uncompressed payload stores {stored_bytes} ("stored_bytes")')
+        if compression == "zlib" and payload_bytes > _ZLIB_MAX_RATIO * stored_bytes + 64:
+            raise TraceError(f'{where}: "payload_bytes" is {payload_bytes}: more than zlib can '
+                             f"inflate from {stored_bytes} stored bytes")
+        specs = self._check_specs(meta["arrays"], payload_bytes, where)
         stored = fh.read(stored_bytes)
         if len(stored) < stored_bytes:
             raise TraceError(f"{where}: truncated file: payload cut short")
-        if zlib.crc32(stored) != meta.get("crc32"):
+        if zlib.crc32(stored) != crc:
             raise TraceError(f"{where}: checksum mismatch (crc32): the bytes are corrupt")
-        compression = meta.get("compression", "none")
-        if compression == "zlib":
-            payload = zlib.decompress(stored)
-        elif compression == "none":
-            payload = stored
-        else:
-            raise TraceError(f'{where}: "compression" is {compression!r}, expected none or zlib')
-        if len(payload) != payload_bytes:
-            raise TraceError(f"{where}: payload is {len(payload)} bytes, header says "
-                             f"{payload_bytes}")
-        values: dict[str, np.ndarray] = {}
-        for spec in arrays:
-            values[spec["name"]] = self._decode_array(payload, spec, where)
+        payload = _inflate(stored, payload_bytes, where) if compression == "zlib" else stored
+        del stored
+        values = {spec[0]: _decode_array(payload, spec) for spec in specs}
         for name in FIELD_NAMES:
             if FIELDS[name][3] and name not in values:
                 raise TraceError(f'{where}: field "{name}" is missing')
-        unknown = set(values) - set(FIELD_NAMES)
-        if unknown:
-            raise TraceError(f"{where}: unknown field(s) {sorted(unknown)}")
-        step = Step(index=i, kind=meta.get("kind", ""), **values)
+        if values["modality"].shape[0] != num_tokens:
+            raise TraceError(f'{where}: "num_tokens" is {num_tokens}, but "modality" holds '
+                             f"{values['modality'].shape[0]} tokens")
+        step = Step(index=i, kind=kind, **values)
         check_step(step, self.model, self.fields, where)
         return step
 
+    def _max_payload(self, num_tokens: int) -> int:
+        """Bytes a step of ``num_tokens`` tokens needs at most for the header's fields (each
+        in its widest allowed dtype): a payload claiming more is not this trace's."""
+        dims = {"L": self.model.num_moe_layers, "T": num_tokens, "k": self.model.top_k,
+                "E": self.model.num_experts}
+        total = 0
+        for name in self.fields:
+            allowed, _, template, _ = FIELDS[name]
+            total += math.prod(dims[d] for d in template) * max(
+                np.dtype(d).itemsize for d in allowed)
+        return total
+
     @staticmethod
-    def _decode_array(payload: bytes, spec: dict[str, Any], where: str) -> np.ndarray:
-        name = spec.get("name", "?")
-        if name not in FIELDS:
-            raise TraceError(f'{where}: unknown field "{name}"; known: {list(FIELD_NAMES)}')
-        allowed, out_dtype, _, _ = FIELDS[name]
-        if spec.get("dtype") not in allowed:
-            raise TraceError(f'{where}: "{name}" has dtype {spec.get("dtype")!r}, expected one '
-                             f"of {list(allowed)}")
-        dtype = np.dtype(spec["dtype"])
-        shape = tuple(int(s) for s in spec["shape"])
-        count = int(np.prod(shape)) if shape else 1
-        offset, nbytes = int(spec["offset"]), int(spec["nbytes"])
-        if nbytes != count * dtype.itemsize or offset < 0 or offset + nbytes > len(payload):
-            raise TraceError(f'{where}: "{name}" declares {nbytes} bytes at offset {offset}, '
-                             f"which does not fit shape {list(shape)} of {dtype.str} in the "
-                             f"{len(payload)}-byte payload")
-        arr = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
-        return arr.astype(out_dtype)
+    def _check_specs(specs: Any, payload_bytes: int, where: str) -> list[_Spec]:
+        """The ``arrays`` entries of a step's metadata, each checked to describe an array
+        inside the payload: (name, dtype, shape, offset)."""
+        if not isinstance(specs, list) or len(specs) > len(FIELD_NAMES):
+            raise TraceError(f'{where}: "arrays" must be a list of at most '
+                             f"{len(FIELD_NAMES)} array descriptions, got {brief(specs)}")
+        out: list[_Spec] = []
+        for j, spec in enumerate(specs):
+            mapping(spec, where, f"arrays[{j}]", error=TraceError)
+            name = spec.get("name")
+            if not isinstance(name, str) or name not in FIELDS:
+                raise TraceError(f'{where}: unknown field {brief(name)} in "arrays[{j}].name"; '
+                                 f"known: {list(FIELD_NAMES)}")
+            if any(name == o[0] for o in out):
+                raise TraceError(f'{where}: field "{name}" appears twice in "arrays"')
+            for key in ("dtype", "shape", "offset", "nbytes"):
+                if key not in spec:
+                    raise TraceError(f'{where}: "arrays.{name}" lacks "{key}"')
+            allowed, _, template, _ = FIELDS[name]
+            if not isinstance(spec["dtype"], str) or spec["dtype"] not in allowed:
+                raise TraceError(f'{where}: "{name}" has dtype {brief(spec["dtype"])}, expected '
+                                 f"one of {list(allowed)}")
+            dtype = np.dtype(spec["dtype"])
+            shape = spec["shape"]
+            if not isinstance(shape, list) or len(shape) != len(template):
+                raise TraceError(f'{where}: "arrays.{name}.shape" must be a list of '
+                                 f"{len(template)} sizes [{', '.join(template)}], got "
+                                 f"{brief(shape)}")
+            dims = tuple(check_int(s, where, f"arrays.{name}.shape[{d}]", low=0,
+                                   high=_MAX_DIM, error=TraceError)
+                         for d, s in enumerate(shape))
+            offset = check_int(spec["offset"], where, f"arrays.{name}.offset", low=0,
+                               high=payload_bytes, error=TraceError)
+            nbytes = check_int(spec["nbytes"], where, f"arrays.{name}.nbytes", low=0,
+                               high=payload_bytes, error=TraceError)
+            if nbytes != math.prod(dims) * dtype.itemsize or offset + nbytes > payload_bytes:
+                raise TraceError(f'{where}: "{name}" declares {nbytes} bytes at offset {offset}, '
+                                 f"which does not fit shape {list(dims)} of {dtype.str} in the "
+                                 f"{payload_bytes}-byte payload")
+            out.append((name, dtype, dims, offset))
+        return out
+
+
+_Spec = tuple[str, np.dtype, tuple[int, ...], int]
+_HEAD = 16
+"""Magic, version, header length."""
+_TAIL = 16
+"""Index offset and end magic."""
+_META_KEYS = ("step", "kind", "num_tokens", "arrays", "payload_bytes", "stored_bytes",
+              "compression", "crc32")
+_STEP_KINDS = ("prefill", "decode")
+_MAX_DIM = max(Limits.MAX_LAYERS, Limits.MAX_TOKENS_PER_STEP, Limits.MAX_TOP_K,
+               Limits.MAX_EXPERTS)
+"""Largest size of one axis of a step array (an empty array may have a large axis; its
+bytes are still checked against the payload)."""
+_ZLIB_MAX_RATIO = 1032
+"""Deflate's largest expansion: one 258-byte match per ~2 bits, so no honest zlib stream
+of n bytes inflates beyond ~1032·n."""
+
+
+def _inflate(stored: bytes, payload_bytes: int, where: str) -> bytes:
+    """Inflate a zlib payload, never producing more than ``payload_bytes + 1`` bytes: a
+    stream that would give more (a zlib bomb) is refused without being inflated."""
+    inflater = zlib.decompressobj()
+    try:
+        payload = inflater.decompress(stored, payload_bytes + 1)
+    except zlib.error as e:
+        raise TraceError(f"{where}: compressed payload is not a valid zlib stream ({e})") from e
+    if len(payload) > payload_bytes:
+        raise TraceError(f'{where}: compressed payload inflates to more than the '
+                         f'{payload_bytes} bytes "payload_bytes" declares (a zlib bomb?)')
+    if not inflater.eof:
+        raise TraceError(f'{where}: compressed payload ends early: {len(payload)} bytes, '
+                         f'"payload_bytes" says {payload_bytes}')
+    if inflater.unused_data:
+        raise TraceError(f"{where}: {len(inflater.unused_data)} stray bytes after the "
+                         "compressed payload")
+    if len(payload) != payload_bytes:
+        raise TraceError(f"{where}: payload is {len(payload)} bytes, header says "
+                         f"{payload_bytes}")
+    return payload
+
+
+def _decode_array(payload: bytes, spec: _Spec) -> np.ndarray:
+    name, dtype, shape, offset = spec
+    out_dtype = FIELDS[name][1]
+    count = math.prod(shape)
+    if count == 0:
+        return np.zeros(shape, dtype=out_dtype)
+    arr = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+    return arr.astype(out_dtype)
 
 
 def open_trace(path: str | os.PathLike) -> Trace:

@@ -8,17 +8,34 @@ the text tower is what matters here, since the MoE layers live there.
 from __future__ import annotations
 
 import dataclasses
+import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from macssim._errors import TraceError
+from macssim._validate import Limits, brief, check_choice, check_int, check_number, check_text
 
 __all__ = [
+    "DTYPE_BYTES",
     "ModelFacts",
     "ExpertSet",
     "get_model_preset",
     "list_model_presets",
 ]
+
+DTYPE_BYTES: dict[str, int] = {
+    "float64": 8, "float32": 4, "bfloat16": 2, "float16": 2,
+    "float8": 1, "fp8": 1, "float8_e4m3fn": 1, "float8_e4m3fnuz": 1, "float8_e5m2": 1,
+    "float8_e5m2fnuz": 1, "int8": 1, "uint8": 1,
+}
+"""Serving dtypes a model may declare (torch's names, as a capture writes them), with the
+bytes one element takes."""
+
+MAX_TEXT = 10_000
+"""Longest ``name``/``source`` string: a checkpoint path or a sentence of provenance."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +53,11 @@ class ExpertSet:
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """The shape of a MoE model, as far as routing and the cluster model need it."""
+    """The shape of a MoE model, as far as routing and the cluster model need it.
+
+    Every field is checked on construction (types, ranges, the limits in
+    ``macssim._validate.Limits``), so a header from a stranger cannot claim a billion
+    experts or a negative head count; errors are ``TraceError`` naming the field."""
 
     name: str
     """Preset or checkpoint name, e.g. ``qwen3-vl-30b-a3b``."""
@@ -74,22 +95,11 @@ class ModelFacts:
     """Where the figures come from."""
 
     def __post_init__(self) -> None:
-        for name in ("num_layers", "num_experts", "top_k", "hidden_size",
-                     "expert_intermediate_size"):
-            if int(getattr(self, name)) <= 0:
-                raise TraceError(f'model "{self.name}": "{name}" must be > 0, '
-                                 f"got {getattr(self, name)!r}")
-        if self.top_k > self.num_experts:
-            raise TraceError(f'model "{self.name}": "top_k" ({self.top_k}) exceeds '
-                             f'"num_experts" ({self.num_experts})')
-        if not self.moe_layers:
-            raise TraceError(f'model "{self.name}": "moe_layers" is empty')
-        if any(not 0 <= i < self.num_layers for i in self.moe_layers):
-            raise TraceError(f'model "{self.name}": "moe_layers" must lie in '
-                             f"[0, {self.num_layers}), got {list(self.moe_layers)}")
-        if self.score_function not in ("softmax", "sigmoid"):
-            raise TraceError(f'model "{self.name}": "score_function" must be softmax or '
-                             f"sigmoid, got {self.score_function!r}")
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        name = values["name"]
+        where = f"model {brief(name)}" if isinstance(name, str) else "model"
+        for key, value in _check_facts(values, where).items():
+            object.__setattr__(self, key, value)
 
     @property
     def num_moe_layers(self) -> int:
@@ -97,8 +107,7 @@ class ModelFacts:
 
     @property
     def bytes_per_element(self) -> int:
-        return {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 1, "fp8": 1}.get(
-            self.dtype, 2)
+        return DTYPE_BYTES[self.dtype]
 
     @property
     def expert_params(self) -> int:
@@ -113,26 +122,128 @@ class ModelFacts:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "model") -> ModelFacts:
-        """Build from a trace header; unknown keys are an error so typos do not pass."""
-        if not isinstance(data, dict):
-            raise TraceError(f"{where}: expected an object, got {type(data).__name__}")
+        """Build from a trace header; unknown keys are an error so typos do not pass.
+        Whatever ``data`` holds, the only error is a ``TraceError`` naming ``where`` and
+        the field."""
+        if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+            raise TraceError(f"{where}: expected an object with named fields, got "
+                             f"{brief(data)}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise TraceError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+            raise TraceError(f"{where}: unknown field(s) {brief(unknown)}; known: "
+                             f"{sorted(known)}")
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.name not in data and f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING]
         if missing:
             raise TraceError(f"{where}: missing field(s) {missing}")
-        values = dict(data)
-        values["moe_layers"] = tuple(int(i) for i in values["moe_layers"])
-        values["expert_sets"] = tuple(
-            ExpertSet(**s) if isinstance(s, dict) else s for s in values.get("expert_sets", ()))
-        try:
-            return cls(**values)
-        except TypeError as e:
-            raise TraceError(f"{where}: {e}") from e
+        values = {f.name: (data[f.name] if f.name in data else
+                           f.default if f.default is not dataclasses.MISSING else
+                           f.default_factory())
+                  for f in dataclasses.fields(cls)}
+        return cls(**_check_facts(values, where))
+
+
+_INT_FIELDS: tuple[tuple[str, int, int], ...] = (
+    # name, low, high
+    ("num_layers", 1, Limits.MAX_LAYERS),
+    ("num_experts", 1, Limits.MAX_EXPERTS),
+    ("top_k", 1, Limits.MAX_TOP_K),
+    ("hidden_size", 1, Limits.MAX_HIDDEN),
+    ("expert_intermediate_size", 1, Limits.MAX_HIDDEN),
+    ("num_shared_experts", 0, Limits.MAX_EXPERTS),
+    ("shared_intermediate_size", 0, Limits.MAX_HIDDEN),
+    ("dense_intermediate_size", 0, Limits.MAX_HIDDEN),
+    ("num_attention_heads", 1, Limits.MAX_HIDDEN),
+    ("num_kv_heads", 1, Limits.MAX_HIDDEN),
+    ("head_dim", 1, Limits.MAX_HIDDEN),
+    ("vocab_size", 1, Limits.MAX_HIDDEN),
+)
+
+
+def _as_int(value: Any) -> Any:
+    """A numpy scalar becomes its Python twin; anything else is left to the checks."""
+    if isinstance(value, np.integer):
+        return operator.index(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+def _check_facts(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Every field of ``values`` checked and normalised (tuples, Python ints and floats,
+    ``ExpertSet``s); raises TraceError naming ``where`` and the field."""
+    out = dict(values)
+    err = {"error": TraceError}
+    if not isinstance(values["name"], str) or len(values["name"]) > MAX_TEXT:
+        raise TraceError(f'{where}: "name" must be a string of at most {MAX_TEXT} '
+                         f"characters, got {brief(values['name'])}")
+    if not isinstance(values["source"], str) or len(values["source"]) > MAX_TEXT:
+        raise TraceError(f'{where}: "source" must be a string of at most {MAX_TEXT} '
+                         f"characters, got {brief(values['source'])}")
+    for key, low, high in _INT_FIELDS:
+        out[key] = check_int(_as_int(values[key]), where, key, low=low, high=high, **err)
+    num_layers, num_experts = out["num_layers"], out["num_experts"]
+    if out["top_k"] > num_experts:
+        raise TraceError(f'{where}: "top_k" ({out["top_k"]}) exceeds "num_experts" '
+                         f"({num_experts}): a token cannot choose more experts than exist")
+    layers = values["moe_layers"]
+    if (isinstance(layers, (str, bytes)) or not isinstance(layers, (list, tuple))
+            or not layers or len(layers) > num_layers):
+        raise TraceError(f'{where}: "moe_layers" must be a non-empty list of at most '
+                         f'"num_layers" = {num_layers} layer indices, got {brief(layers)}')
+    moe = tuple(check_int(_as_int(v), where, f"moe_layers[{i}]", low=0, high=num_layers - 1,
+                          **err) for i, v in enumerate(layers))
+    for i in range(1, len(moe)):
+        if moe[i] <= moe[i - 1]:
+            raise TraceError(f'{where}: "moe_layers" must be strictly increasing, got '
+                             f"{moe[i - 1]} then {moe[i]} at entries {i - 1} and {i}")
+    out["moe_layers"] = moe
+    out["dtype"] = check_choice(values["dtype"], where, "dtype", tuple(DTYPE_BYTES), **err)
+    out["score_function"] = check_choice(values["score_function"], where, "score_function",
+                                         ("softmax", "sigmoid"), **err)
+    out["vision_flops_per_token"] = check_number(
+        _as_int(values["vision_flops_per_token"]), where, "vision_flops_per_token", low=0,
+        **err)
+    out["expert_sets"] = _check_sets(values["expert_sets"], num_experts, where)
+    return out
+
+
+def _check_sets(sets: Any, num_experts: int, where: str) -> tuple[ExpertSet, ...]:
+    """Expert sets: mappings or ``ExpertSet``s with a name, a first id and a count, inside
+    [0, E) and disjoint."""
+    if isinstance(sets, (str, bytes)) or not isinstance(sets, (list, tuple)) \
+            or len(sets) > num_experts:
+        raise TraceError(f'{where}: "expert_sets" must be a list of at most "num_experts" = '
+                         f"{num_experts} objects {{name, first, count}}, got {brief(sets)}")
+    out: list[ExpertSet] = []
+    for i, item in enumerate(sets):
+        field_ = f"expert_sets[{i}]"
+        if isinstance(item, ExpertSet):
+            item = dataclasses.asdict(item)
+        if not isinstance(item, Mapping) or set(item) != {"name", "first", "count"}:
+            raise TraceError(f'{where}: "{field_}" must be an object with exactly the keys '
+                             f"name, first, count, got {brief(item)}")
+        name = check_text(item["name"], where, f"{field_}.name", error=TraceError)
+        if name != item["name"]:
+            raise TraceError(f'{where}: "{field_}.name" must not start or end with spaces, '
+                             f"got {brief(item['name'])}")
+        first = check_int(_as_int(item["first"]), where, f"{field_}.first", low=0,
+                          high=num_experts - 1, error=TraceError)
+        count = check_int(_as_int(item["count"]), where, f"{field_}.count", low=1,
+                          high=num_experts - first, error=TraceError)
+        out.append(ExpertSet(name, first, count))
+    ordered = sorted(out, key=lambda s: s.first)
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if b.first < a.first + a.count:
+            raise TraceError(f'{where}: "expert_sets" overlap: {a.name!r} holds experts '
+                             f"[{a.first}, {a.first + a.count}) and {b.name!r} starts at "
+                             f"{b.first}")
+    if len({s.name for s in out}) != len(out):
+        raise TraceError(f'{where}: "expert_sets" names must differ, got '
+                         f"{brief([s.name for s in out])}")
+    return tuple(out)
 
 
 def _vit_flops_per_token(depth: int, hidden: int, intermediate: int, merge: int) -> float:

@@ -112,9 +112,11 @@ def _first_bad_layer(bad: np.ndarray) -> int:
 
 
 def _check_values(step: Step, model: ModelFacts, where: str) -> None:
-    if step.num_tokens and int(step.modality.max()) >= len(MODALITIES):
-        raise TraceError(f'{where}: "modality" holds code {int(step.modality.max())}, expected '
-                         f"0..{len(MODALITIES) - 1} ({', '.join(MODALITIES)})")
+    if step.num_tokens:
+        low, high = int(step.modality.min()), int(step.modality.max())
+        if low < 0 or high >= len(MODALITIES):
+            raise TraceError(f'{where}: "modality" holds code {high if high > 0 else low}, '
+                             f"expected 0..{len(MODALITIES) - 1} ({', '.join(MODALITIES)})")
     ids = step.topk_ids
     if ids.size:
         bad = (ids < 0) | (ids >= model.num_experts)
@@ -157,6 +159,12 @@ def normalise_step(step: Step, model: ModelFacts, fields: tuple[str, ...], where
         if name in ("topk_ids", "request_id", "position", "modality"):
             if arr.dtype.kind not in "iu":
                 raise TraceError(f'{where}: "{name}" has dtype {arr.dtype}, expected integers')
+            if name in ("position", "request_id") and arr.size:
+                disk = np.iinfo(np.dtype(FIELDS[name][0][0]))
+                low, high = int(arr.min()), int(arr.max())
+                if low < disk.min or high > disk.max:
+                    raise TraceError(f'{where}: "{name}" holds {high if high > disk.max else low}'
+                                     f", which does not fit the {disk.dtype} the format stores")
         elif arr.dtype.kind != "f":
             raise TraceError(f'{where}: "{name}" has dtype {arr.dtype}, expected floats')
         values[name] = arr

@@ -1,9 +1,9 @@
 """Synthetic traces: realistic routing when no GPU and no model weights are at hand.
 
-A scenario (``scenarios/*.yaml``) says what traffic arrives; ``RoutingKnobs`` say how the
-routers respond. Steps follow a serving engine's rhythm: a prefill step with every prompt
-token of ``batch_size`` requests (chat template first, then the image/video tokens, then
-the question), then ``decode_steps`` steps of one text token per request, then the next
+A scenario (``macssim/data/scenarios/*.yaml``) says what traffic arrives; ``RoutingKnobs``
+say how the routers respond. Steps follow a serving engine's rhythm: a prefill step with
+every prompt token of ``batch_size`` requests (chat template first, then the image/video
+tokens, then the question), then ``decode_steps`` steps of one text token per request, then the next
 batch with new request ids.
 
 Each step is generated and written on its own, so memory stays at one step. Every random
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from macssim._errors import TraceError
+from macssim._validate import Limits, brief, check_int
 from macssim.trace._format import MODALITIES, Step, TraceWriter
 from macssim.trace._model import ModelFacts, get_model_preset
 from macssim.trace._routing_model import (
@@ -162,16 +163,44 @@ def _steps_with_layout(model: ModelFacts, scenario: Scenario, num_steps: int, se
         yield _route_step(index, layout, model, state, knobs, seed), layout
 
 
+MAX_STEP_BYTES = 64 << 30
+"""What one synthetic step may hold in memory (its routing arrays and the per-layer noise):
+a 1M-token prefill of the largest preset takes ~17 GB; a custom ``ModelFacts`` with
+thousands of experts and layers would ask for terabytes and is refused up front."""
+
+
+def _step_bytes(model: ModelFacts, num_tokens: int) -> int:
+    """Bytes ``_route_step`` holds for a step of ``num_tokens`` tokens: scores (float16),
+    ids (int64), weights (float32), entropy (float32) for every layer, and one layer's
+    float32 noise twice over."""
+    per_token_layer = 2 * model.num_experts + 12 * model.top_k + 4
+    return num_tokens * (model.num_moe_layers * per_token_layer + 8 * model.num_experts)
+
+
 def _resolve(model: ModelFacts | str, scenario: Scenario | str, num_steps: int, seed: int,
              knobs: RoutingKnobs | None) -> tuple[ModelFacts, Scenario, RoutingKnobs]:
     if isinstance(model, str):
         model = get_model_preset(model)
+    if not isinstance(model, ModelFacts):
+        raise TraceError(f"synth: model must be a ModelFacts or a preset name, got "
+                         f"{brief(model)}")
     if isinstance(scenario, str | os.PathLike):
         scenario = get_scenario(scenario)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise TraceError(f'synth: "steps" must be an integer >= 1, got {num_steps!r}')
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise TraceError(f'synth: "seed" must be an integer >= 0, got {seed!r}')
+    if not isinstance(scenario, Scenario):
+        raise TraceError(f"synth: scenario must be a Scenario, a name or a path, got "
+                         f"{brief(scenario)}")
+    check_int(num_steps, "synth", "steps", low=1, high=Limits.MAX_STEPS, error=TraceError)
+    check_int(seed, "synth", "seed", low=0, high=Limits.MAX_SEED, error=TraceError)
+    if knobs is not None and not isinstance(knobs, RoutingKnobs):
+        raise TraceError(f"synth: knobs must be RoutingKnobs, got {brief(knobs)}")
+    largest = max(scenario.batch_size,
+                  scenario.batch_size * max(k.max_prompt_tokens for k in scenario.requests))
+    need = _step_bytes(model, largest)
+    if need > MAX_STEP_BYTES:
+        raise TraceError(
+            f"synth: scenario {brief(scenario.name)} on model {brief(model.name)} may make a "
+            f"step of {largest} tokens, {need / 2**30:.0f} GiB of routing in memory; at most "
+            f"{MAX_STEP_BYTES >> 30} GiB are supported: lower the batch size")
     return model, scenario, knobs if knobs is not None else RoutingKnobs()
 
 
@@ -214,7 +243,7 @@ class SynthSummary:
 
 def provenance(model: ModelFacts, scenario: Scenario, knobs: RoutingKnobs, seed: int,
                num_steps: int) -> dict:
-    """What a synthetic trace records about its making (``traces/README.md``,
+    """What a synthetic trace records about its making (``docs/trace-format.md``,
     provenance): everything needed to make it again, no timestamps, no paths."""
     from macssim import __version__
 

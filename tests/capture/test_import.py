@@ -158,3 +158,90 @@ def test_sglang_bad_top_k(tmp_path):
     with pytest.raises(CaptureError, match="forward pass 2: a MoE layer does not route"):
         import_sglang(tmp_path / "d.json", tmp_path / "x.mtrace", FACTS)
     assert not (tmp_path / "x.mtrace").exists()
+
+
+# -- untrusted files ---------------------------------------------------------------------
+def _npy_with_header(descr: str, shape: tuple, data: bytes) -> bytes:
+    header = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
+    header += b" " * (63 - (len(header) + 10) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + data
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (_npy_with_header("<i8", (10**9, 3, 2), bytes(240)),
+     r"declares shape \[1000000000, 3, 2\] of int64 \(48000000000 bytes\), but 240 bytes"),
+    (_npy_with_header("|O", (1,), b"\x80\x04."), "never loaded"),
+    (_npy_with_header("<f8", (5, 3, 2), bytes(240)), "must hold integers, got dtype '<f8'"),
+    (b"\x93NUMPY\x01\x00\x20\x00__import__('os').system('x')   \n", "not a Python literal"),
+    (b"not an array", "bad magic"),
+])
+def test_vllm_npy_is_checked_before_allocating(tmp_path, data, message):
+    (tmp_path / "r.npy").write_bytes(data)
+    with pytest.raises(CaptureError, match=message) as err:
+        import_vllm(tmp_path / "r.npy", tmp_path / "x.mtrace", FACTS)
+    assert str(tmp_path / "r.npy") in str(err.value)
+    assert not (tmp_path / "x.mtrace").exists()
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"routed_experts": [[[0, 9]] * 3] * 2}, r'request 0: "routed_experts" holds expert 9 at '
+                                             r"token 0, layer 0, expected 0 <= id < E = 8"),
+    ({"routed_experts": [[[0, 1]] * 3, [[0, 1]] * 2]}, "must be a rectangular array"),
+    ({"routed_experts": [[["0", "1"]] * 3] * 2}, "must hold integers"),
+    ({"routed_experts": [[[0, True]] * 3] * 2}, "got true/false"),
+    ({"prompt_len": "2"}, r'"prompt_len" must be an integer >= 1 and <= 2'),
+    ({"request_id": {"a": 1}}, '"request_id" must be a string'),
+    ({"token_ids": [1.5, 2.5]}, '"token_ids" must hold integers'),
+])
+def test_vllm_json_fields_are_checked(tmp_path, edit, message):
+    record = {"request_id": "a", "routed_experts": [[[0, 1]] * 3] * 2, **edit}
+    (tmp_path / "r.json").write_text(json.dumps([record]))
+    with pytest.raises(CaptureError, match=message) as err:
+        import_vllm(tmp_path / "r.json", tmp_path / "x.mtrace", FACTS)
+    assert str(tmp_path / "r.json") in str(err.value)
+
+
+def test_vllm_npz_zip_bomb_is_refused_unread(tmp_path, monkeypatch):
+    from macssim._validate import Limits
+
+    monkeypatch.setattr(Limits, "MAX_IMPORT_BYTES", 1000)
+    np.savez_compressed(tmp_path / "r.npz", a=np.zeros((100, 3, 2), dtype=np.int64))
+    with pytest.raises(CaptureError, match="4928 bytes unpacked, at most 1000 allowed"):
+        import_vllm(tmp_path / "r.npz", tmp_path / "x.mtrace", FACTS)
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    (("records", 0, "positions"), [0, 1, 2, 0, -1], r'"positions" must lie in \[0, '),
+    (("records", 0, "forward_mode"), "1", r'"forward_mode" must be an integer'),
+    (("records", 0, "extend_seq_lens"), "32", r'"extend_seq_lens" must be a list'),
+    (("records", 1, "extend_seq_lens"), [3, 3], r'"extend_seq_lens" sums to 6, but the pass '
+                                                r"has 5 tokens"),
+    (("records", 0, "input_ids"), [1], r'"input_ids" has 1 entries, fewer than the 2'),
+    (("records", 0, "rank"), "0", r'records\[0\]: "rank" must be an integer'),
+    (("records", 1), [], r'"records\[1\]" must be a mapping'),
+    (("last_physical_to_logical_map",), [list(range(8))] * 4,
+     r'forward pass \d: "topk_ids_of_layer" holds [89] at layer \d, token \d, expected -1 '
+     r"\(unused\) or a physical expert id in \[0, 8\)"),
+    (("last_physical_to_logical_map",), [[0] * 9 + [8]] * 4,
+     r'"last_physical_to_logical_map" must map each physical expert to a logical one'),
+])
+def test_sglang_fields_are_checked(tmp_path, path, value, message):
+    dump, *_ = _sglang_dump(np.random.default_rng(4))
+    parent = dump
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    (tmp_path / "d.json").write_text(json.dumps(dump))
+    with pytest.raises(CaptureError, match=message) as err:
+        import_sglang(tmp_path / "d.json", tmp_path / "x.mtrace", FACTS)
+    assert str(tmp_path / "d.json") in str(err.value)
+    assert not (tmp_path / "x.mtrace").exists()
+
+
+def test_import_paths_that_are_not_files(tmp_path):
+    with pytest.raises(CaptureError, match="is a directory"):
+        import_sglang(tmp_path, tmp_path / "x.mtrace", FACTS)
+    with pytest.raises(CaptureError, match="No such file"):
+        import_vllm(tmp_path / "absent.npy", tmp_path / "x.mtrace", FACTS)
+    with pytest.raises(CaptureError, match='"batch_size" must be >= 1'):
+        import_vllm(tmp_path / "absent.npy", tmp_path / "x.mtrace", FACTS, batch_size=0)

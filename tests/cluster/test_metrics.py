@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import macssim.cluster as cluster
-from macssim._resources import REPO_ROOT
 from macssim.cluster.metrics import imbalance, metrics_markdown, straggler_delay_s
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_docs_metrics_md_matches_the_module():

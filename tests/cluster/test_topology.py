@@ -88,10 +88,29 @@ def _write(tmp_path: Path, mutate) -> Path:
 @pytest.mark.parametrize("mutate, field", [
     (lambda d: d["gpu"].pop("kind"), '"gpu.kind"'),
     (lambda d: d.pop("gpu"), 'missing field "gpu"'),
-    (lambda d: d["nvlink"].update(bw_bytes_per_s=0), '"nvlink.bw_bytes_per_s" must be > 0'),
-    (lambda d: d["nic"].update(rate_bytes_per_s=-5), '"nic.rate_bytes_per_s" must be > 0'),
-    (lambda d: d["gpu"].update(hbm_bytes_per_s="fast"), '"gpu.hbm_bytes_per_s" must be a number'),
-    (lambda d: d["gpu"].update(compute_efficiency=1.5), '"gpu.compute_efficiency" must be <= 1'),
+    (lambda d: d["nvlink"].update(bw_bytes_per_s=0),
+     '"nvlink.bw_bytes_per_s" must be a finite number >= 1e+06 and <= 1e+15, got 0'),
+    (lambda d: d["nic"].update(rate_bytes_per_s=-5), '"nic.rate_bytes_per_s" must be a finite'),
+    (lambda d: d["gpu"].update(hbm_bytes_per_s="fast"),
+     '"gpu.hbm_bytes_per_s" must be a finite number'),
+    (lambda d: d["gpu"].update(compute_efficiency=1.5),
+     '"gpu.compute_efficiency" must be a finite number >= 0.001 and <= 1, got 1.5'),
+    (lambda d: d["nvlink"].update(latency_s=float("inf")),
+     '"nvlink.latency_s" must be a finite number >= 0 and <= 1, got inf'),
+    (lambda d: d["gpu"].update(bf16_flops_per_s=float("inf")),
+     '"gpu.bf16_flops_per_s" must be a finite number'),
+    (lambda d: d["nic"].update(efficiency=float("nan")), '"nic.efficiency" must be a finite'),
+    (lambda d: d["switch"].update(latency_s=-1e-6), '"switch.latency_s" must be a finite'),
+    (lambda d: d["switch"].update(non_blocking="yes please"),
+     '"switch.non_blocking" must be true or false'),
+    (lambda d: d.update(nodes=12500), '"nodes" × "gpus_per_node" = 12500 × 8 = 100000 GPUs'),
+    (lambda d: d.update(gpus_per_node=100_000), '"gpus_per_node" must be an integer'),
+    (lambda d: d.update(nodes=True), '"nodes" must be an integer'),
+    (lambda d: d.update(nodes=2.0), '"nodes" must be an integer'),
+    (lambda d: d["nic"].update(per_node=8.0), '"nic.per_node" must be an integer'),
+    (lambda d: d.update(name=["a"]), '"name" must be a non-empty string'),
+    (lambda d: d["gpu"].update(kind=""), '"gpu.kind" must be a non-empty string'),
+    (lambda d: d.update(nvlink=[1, 2]), '"nvlink" must be a mapping'),
     (lambda d: d["nic"].update(per_node=3), '"nic.per_node" (3) must divide "gpus_per_node"'),
     (lambda d: d["nvlink"].update(bandwidth=1), "unknown key(s) ['bandwidth'] in \"nvlink\""),
     (lambda d: d.update(gpus=8), "unknown key(s) ['gpus'] in \"top level\""),
@@ -125,3 +144,45 @@ def test_unreadable_and_invalid_files(tmp_path):
     scalar.write_text("42")
     with pytest.raises(TopologyError, match="must be a mapping"):
         load_topology(scalar)
+
+
+def test_huge_counts_are_refused_before_anything_is_built(tmp_path):
+    """100,000 GPUs would build O(GPUs²) routes: refused by the file reader, by a topology
+    built in code and by ``with_nodes``, each naming what was asked."""
+    import dataclasses
+
+    from macssim._validate import Limits
+
+    topo = load_topology("8xH800")
+    with pytest.raises(TopologyError, match=r'"nodes" must be an integer >= 1 and <= 128'):
+        topo.with_nodes(12_500)
+    with pytest.raises(TopologyError, match=r'8xH800\.yaml: "nodes" must be an integer'):
+        topo.with_nodes("4")
+    assert topo.with_nodes(Limits.MAX_GPUS // 8).num_gpus == Limits.MAX_GPUS
+    with pytest.raises(TopologyError, match="GPUs; at most 1024"):
+        dataclasses.replace(topo, nodes=200, gpus_per_node=8, source="")
+    with pytest.raises(TopologyError, match=r"topology 'x': \"nvlink.latency_s\" must be a "
+                                            r"finite number >= 0 and <= 1, got inf"):
+        dataclasses.replace(topo, name="x", source="",
+                            nvlink=dataclasses.replace(topo.nvlink, latency_s=float("inf")))
+
+
+def test_yaml_12_floats_and_the_bounded_loader(tmp_path):
+    """``450e9`` (no dot) is a number, an alias bomb and python tags are refused."""
+    text = (TOPOLOGIES_DIR / "8xH100.yaml").read_text().replace("450.0e+9", "450e9")
+    path = tmp_path / "plain.yaml"
+    path.write_text(text)
+    assert load_topology(path).nvlink.bw_bytes_per_s == 450e9
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+              f"*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 10)]
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TopologyError, match=r"bomb\.yaml: YAML aliases expand"):
+        load_topology(bomb)
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("name: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(TopologyError, match=r"evil\.yaml: not valid YAML"):
+        load_topology(evil)
+    with pytest.raises(TopologyError, match="cannot read"):
+        load_topology(tmp_path)

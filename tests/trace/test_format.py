@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,131 @@ def test_reading_streams_one_step_at_a_time(tmp_path):
 def test_checksum_of_trace_is_sha256(tmp_path):
     path = write_trace(tmp_path / "t.mtrace", facts(), {}, [make_step()])
     assert open_trace(path).sha256() == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- untrusted input: model facts, lengths, offsets, bombs ------------------------------
+def test_presets_pass_validation():
+    from macssim.trace import get_model_preset, list_model_presets
+
+    for name in list_model_presets():
+        facts = get_model_preset(name)
+        assert ModelFacts.from_dict(facts.to_dict()) == facts
+
+
+BAD_FACTS = {
+    "num_experts": (10**9, r'"num_experts" must be an integer >= 1 and <= 16384'),
+    "num_attention_heads": (-4, r'"num_attention_heads" must be an integer >= 1'),
+    "vocab_size": (-1, r'"vocab_size" must be an integer >= 1'),
+    "num_shared_experts": (-2, r'"num_shared_experts" must be an integer >= 0'),
+    "hidden_size": (16.0, r'"hidden_size" must be an integer .* got 16.0'),
+    "top_k": (True, r'"top_k" must be an integer .* got True'),
+    "vision_flops_per_token": (float("nan"), r'"vision_flops_per_token" must be a finite'),
+    "moe_layers": ([1, 0], '"moe_layers" must be strictly increasing'),
+    "dtype": ("int3", '"dtype" must be one of'),
+    "score_function": ("relu", '"score_function" must be one of'),
+    "expert_sets": ([{"name": "t", "first": 0, "count": 5},
+                     {"name": "v", "first": 4, "count": 4}], '"expert_sets" overlap'),
+    "name": (["x"], '"name" must be a string'),
+}
+
+
+@pytest.mark.parametrize("key", list(BAD_FACTS))
+def test_model_facts_are_checked_on_construction(key):
+    value, message = BAD_FACTS[key]
+    with pytest.raises(TraceError, match=message):
+        ModelFacts.from_dict(spec.model_facts(**{key: value}), where="t.mtrace: header.model")
+    with pytest.raises(TraceError, match=message):  # the constructor checks the same
+        ModelFacts(**{**spec.model_facts(), key: value})
+
+
+@pytest.mark.parametrize("value", [None, "8", [8], {"a": 1}, 8.5])
+def test_from_dict_never_leaks_another_exception(value):
+    for key in ("num_layers", "moe_layers", "top_k", "expert_sets", "dtype", "source"):
+        if key == "source" and isinstance(value, str):
+            continue  # any string is a source
+        with pytest.raises(TraceError, match=rf'^t: header.model: .*"{key}'):
+            ModelFacts.from_dict(spec.model_facts(**{key: value}), where="t: header.model")
+    with pytest.raises(TraceError, match="expected an object"):
+        ModelFacts.from_dict([1, 2], where="t: header.model")
+
+
+def test_a_header_claiming_a_billion_experts_is_refused_before_allocating(tmp_path):
+    path = _write_raw(tmp_path, spec.encode_trace(
+        [spec.encode_step(0, spec.step_arrays())], model=spec.model_facts(num_experts=10**9)))
+    tracemalloc.start()
+    with pytest.raises(TraceError, match=r'header.model: "num_experts" must be an integer'):
+        open_trace(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 10 << 20
+
+
+def test_lengths_beyond_the_file_are_refused(tmp_path):
+    data = bytearray(spec.encode_trace([spec.encode_step(0, spec.step_arrays())]))
+    data[12:16] = (1 << 31).to_bytes(4, "little")  # hlen: 2 GiB
+    with pytest.raises(TraceError, match="header claims 2147483648 bytes"):
+        open_trace(_write_raw(tmp_path, bytes(data)))
+    meta = {"stored_bytes": 10**12}
+    path = _write_raw(tmp_path, spec.encode_trace(
+        [spec.encode_step(0, spec.step_arrays(), meta_over=meta)]))
+    with pytest.raises(TraceError, match=r'step 0: truncated or corrupt record: "stored_bytes"'):
+        _read_all(path)
+
+
+def test_zlib_bomb_is_refused(tmp_path):
+    """A payload that inflates far beyond its declared size, with a correct CRC."""
+    arrays = spec.step_arrays()
+    payload = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
+    bomb = zlib.compress(payload + bytes(64 << 20), 9)
+    record = spec.encode_step(0, arrays, compress=True, meta_over={
+        "stored_bytes": len(bomb), "crc32": zlib.crc32(bomb)})
+    mlen = int.from_bytes(record[4:8], "little")
+    path = _write_raw(tmp_path, spec.encode_trace([record[:8 + mlen] + bomb]))
+    tracemalloc.start()
+    with pytest.raises(TraceError, match="step 0: compressed payload inflates to more than"):
+        _read_all(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+@pytest.mark.parametrize(("over", "message"), [
+    ({"num_tokens": "5"}, r'step 0: "num_tokens" must be an integer'),
+    ({"num_tokens": 4}, r'step 0: "num_tokens" is 4, but "modality" holds 5 tokens'),
+    ({"step": 3}, r'step 0: "step" is 3, expected 0'),
+    ({"arrays": {"name": "x"}}, r'step 0: "arrays" must be a list'),
+    ({"payload_bytes": 10**9}, r'step 0: "payload_bytes" is 1000000000, more than'),
+    ({"crc32": None}, r'step 0: "crc32" must be an integer'),
+    ({"compression": "lz4"}, r'step 0: "compression" must be one of'),
+])
+def test_bad_step_metadata_is_named(tmp_path, over, message):
+    path = _write_raw(tmp_path, spec.encode_trace(
+        [spec.encode_step(0, spec.step_arrays(), meta_over=over)]))
+    with pytest.raises(TraceError, match=message):
+        _read_all(path)
+
+
+def test_paths_that_are_not_trace_files(tmp_path):
+    with pytest.raises(TraceError, match="is a directory"):
+        open_trace(tmp_path)
+    with pytest.raises(TraceError, match="empty file"):
+        open_trace(_write_raw(tmp_path, b""))
+
+
+def test_a_step_without_tokens_round_trips(tmp_path):
+    arrays = spec.step_arrays(T=0)
+    path = write_trace(tmp_path / "t.mtrace", facts(), {}, [Step(index=0, kind="decode",
+                                                                **arrays)])
+    assert open_trace(path).step(0).topk_ids.shape == (2, 0, 2)
+
+
+def test_writer_refuses_what_a_reader_would_refuse(tmp_path):
+    with pytest.raises(TraceError, match="provenance must be plain JSON"):
+        TraceWriter(tmp_path / "a.mtrace", facts(), {"x": float("nan")})
+    with pytest.raises(TraceError, match='"position" holds 4294967300, which does not fit'):
+        write_trace(tmp_path / "b.mtrace", facts(), {},
+                    [make_step(0, position=np.arange(5, dtype=np.int64) + (1 << 32))])
+    (tmp_path / "dir.mtrace").mkdir()
+    with pytest.raises(TraceError, match="cannot write trace"):
+        write_trace(tmp_path / "dir.mtrace", facts(), {}, [make_step(0)])
+    assert not (tmp_path / "a.mtrace").exists() and not (tmp_path / "b.mtrace").exists()

@@ -164,3 +164,88 @@ def test_direct_construction_is_validated() -> None:
         Scenario(name="s", description="", batch_size=0, decode_steps=1, requests=(kind,))
     with pytest.raises(TraceError, match="scenario 's': \"requests\""):
         Scenario(name="s", description="", batch_size=1, decode_steps=1, requests=())
+
+
+@pytest.mark.parametrize("old, new, says", [
+    ("batch_size: 2", "batch_size: 1000000000000", '"batch_size" must be an integer >= 1 and '
+                                                   "<= 65536, got 1000000000000"),
+    ("batch_size: 2", "batch_size: 2.0", '"batch_size" must be an integer'),
+    ("batch_size: 2", "batch_size: .nan", '"batch_size" must be an integer'),
+    ("decode_steps: 3", "decode_steps: 1e18", '"decode_steps" must be an integer'),
+    ("weight: 1", "weight: .inf", '"weight" must be a finite number >= 1e-06 and <= 1e+06'),
+    ("weight: 1", "weight: .nan", '"weight" must be a finite number'),
+    ("weight: 1", "weight: 1e308", '"weight" must be a finite number'),
+    ("weight: 1", "weight: true", '"weight" must be a finite number'),
+    ("weight: 1", "weight: 1\n    redundant_frac: .nan", '"redundant_frac" must be a finite'),
+    ("image_tokens: [10, 20]", "image_tokens: [10, 100000000000]",
+     '"image_tokens" must be [min, max] integers with 0 <= min <= max <= 1048576'),
+    ("image_tokens: [10, 20]", "image_tokens: [10, 1000000]",
+     '"batch_size" 2 × the longest prompt a request may have (1000005 tokens) = 2000010 '
+     "tokens in one prefill step; at most 1048576"),
+    ("kind: a", "kind: [a]", '"kind" must be a non-empty string'),
+    ("name: tiny", "name: {a: 1}", '"name" must be a non-empty string'),
+    ("name: tiny", "name: tiny\ndescription: [1]", '"description" must be a string'),
+    ("name: tiny", "name: tiny\nsources: 3", '"sources" must be a list'),
+    ("name: tiny", "name: tiny\n1: 2", "field names must be strings"),
+])
+def test_numbers_are_finite_and_counts_bounded(tmp_path, old: str, new: str, says: str) -> None:
+    path = tmp_path / "fuzzed.yaml"
+    path.write_text(_GOOD.replace(old, new, 1))
+    with pytest.raises(TraceError) as err:
+        load_scenario(path)
+    assert str(err.value).startswith(f"{path}: ") and says in str(err.value), str(err.value)
+
+
+def test_blends_are_bounded_and_name_both_files(tmp_path) -> None:
+    (tmp_path / "a.yaml").write_text(_GOOD.replace("name: tiny", "name: a")
+                                     .replace("weight: 1", "weight: -1"))
+    b = tmp_path / "b.yaml"
+    b.write_text("name: b\nbatch_size: 1\ndecode_steps: 0\nblend:\n  a: 1\n")
+    with pytest.raises(TraceError) as err:
+        load_scenario(b)
+    assert str(err.value).startswith(f'{b}: "blend.a": {tmp_path / "a.yaml"}: requests[0]: '
+                                     '"weight" must be')
+    b.write_text("name: b\nbatch_size: 1\ndecode_steps: 0\nblend:\n  ../a: 1\n")
+    with pytest.raises(TraceError, match=r'b\.yaml: "blend" keys must be scenario names'):
+        load_scenario(b)
+    # A chain of blends ten deep: refused at the limit, naming the chain.
+    (tmp_path / "c0.yaml").write_text(_GOOD.replace("name: tiny", "name: c0"))
+    for i in range(1, 11):
+        (tmp_path / f"c{i}.yaml").write_text(
+            f"name: c{i}\nbatch_size: 1\ndecode_steps: 0\nblend:\n  c{i - 1}: 1\n")
+    with pytest.raises(TraceError, match="blends nest more than 8 deep"):
+        load_scenario(tmp_path / "c10.yaml")
+    assert load_scenario(tmp_path / "c7.yaml").requests[0].name == "c6/c5/c4/c3/c2/c1/c0/a"
+    # A diamond of blends reads each file many times: bounded by MAX_BLEND_FILES.
+    for x in "def":
+        (tmp_path / f"{x}0.yaml").write_text(_GOOD.replace("name: tiny", f"name: {x}0"))
+    for i in range(1, 8):
+        for x in "def":
+            (tmp_path / f"{x}{i}.yaml").write_text(
+                f"name: {x}{i}\nbatch_size: 1\ndecode_steps: 0\nblend:\n  d{i - 1}: 1\n"
+                f"  e{i - 1}: 1\n  f{i - 1}: 1\n")
+    with pytest.raises(TraceError, match="more than 256 scenario files"):
+        load_scenario(tmp_path / "d7.yaml")
+
+
+def test_overrides_keep_a_prefill_step_bounded() -> None:
+    with pytest.raises(TraceError, match=r"scenario 'video': \"batch_size\" 65536 × the "
+                                         r"longest prompt"):
+        get_scenario("video").with_overrides(batch_size=65536)
+    with pytest.raises(TraceError, match=r'"decode_steps" must be an integer >= 0 and <= '):
+        get_scenario("video").with_overrides(decode_steps=10**12)
+
+
+def test_yaml_is_read_safely(tmp_path) -> None:
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n"
+                    + _GOOD.split("\n", 1)[1])
+    with pytest.raises(TraceError, match=r"evil\.yaml: not valid YAML"):
+        load_scenario(path)
+    assert not marker.exists()
+    path.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(TraceError, match=r"evil\.yaml: not UTF-8"):
+        load_scenario(path)
+    with pytest.raises(TraceError, match="cannot read scenario file"):
+        load_scenario(tmp_path)
