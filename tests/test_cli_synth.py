@@ -118,3 +118,22 @@ def test_default_trace_is_what_its_documented_command_makes(tmp_path) -> None:
     out = tmp_path / "default.mtrace"
     assert _run(*args, "--out", str(out)).exit_code == 0
     assert out.read_bytes() == DEFAULT_TRACE.read_bytes()
+
+
+def test_synth_never_overwrites_a_file_it_did_not_write(tmp_path) -> None:
+    args = ["--model", "qwen3-vl-30b-a3b", "--scenario", "chat", "--steps", "1",
+            "--batch-size", "1"]
+    notes = tmp_path / "notes.mtrace"
+    notes.write_text("my notes")
+    for extra in ([], ["--force"]):
+        res = _run(*args, "--out", str(notes), *extra)
+        assert res.exit_code == 1 and "not a macssim trace" in res.output
+    assert notes.read_text() == "my notes"
+    out = tmp_path / "t.mtrace"
+    assert _run(*args, "--out", str(out)).exit_code == 0
+    first = out.read_bytes()
+    res = _run(*args, "--seed", "1", "--out", str(out))
+    assert res.exit_code == 1 and "--force" in res.output
+    assert out.read_bytes() == first
+    assert _run(*args, "--seed", "1", "--out", str(out), "--force").exit_code == 0
+    assert out.read_bytes() != first

@@ -172,10 +172,12 @@ def capture_trace(out: str | os.PathLike, *, model: str | None = None, tiny: str
                   inputs: str | os.PathLike | Sequence[Prompt] | None = None,
                   settings: CaptureSettings | None = None, revision: str | None = None,
                   device: str | None = None, dtype: str | None = None,
-                  progress: bool = False, command: str | None = None) -> CaptureResult:
+                  progress: bool = False, command: str | None = None,
+                  replace: bool = False) -> CaptureResult:
     """Capture routing from ``model`` (hub id or checkpoint directory) or a ``tiny`` family
     model on ``inputs`` (a JSONL path, a list of prompts, or None for the built-in set)
-    and write it to ``out`` as a format-v1 trace."""
+    and write it to ``out`` as a format-v1 trace (an earlier macssim trace there is
+    replaced only with ``replace``; any other file never)."""
     import torch
 
     settings = settings or CaptureSettings()
@@ -201,7 +203,8 @@ def capture_trace(out: str | os.PathLike, *, model: str | None = None, tiny: str
     kinds: Counter[str] = Counter()
     modalities: Counter[str] = Counter()
 
-    with TraceWriter(out, recorder.facts, provenance, compress=settings.compress) as writer:
+    with TraceWriter(out, recorder.facts, provenance, compress=settings.compress,
+                     replace=replace) as writer:
         def on_step(step: Step) -> None:
             writer.write(step)
             kinds[step.kind] += step.num_tokens

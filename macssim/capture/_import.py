@@ -490,7 +490,7 @@ def _check_batch_size(batch_size: Any) -> int:
 
 def import_vllm(path: str | os.PathLike, out: str | os.PathLike, facts: ModelFacts, *,
                 batch_size: int = 8, image_token_id: int | None = None,
-                video_token_id: int | None = None) -> ImportResult:
+                video_token_id: int | None = None, replace: bool = False) -> ImportResult:
     """Convert vLLM's returned routed experts (module docstring) to a format-v1 trace.
 
     The file is untrusted: sizes, types and ranges are checked before anything is
@@ -512,7 +512,7 @@ def import_vllm(path: str | os.PathLike, out: str | os.PathLike, facts: ModelFac
                                 "prompt_len": r.prompt_len} for i, r in enumerate(requests)],
                   "image_token_id": image_token_id, "video_token_id": video_token_id}
     tokens = 0
-    with TraceWriter(out, facts, provenance, fields=ID_FIELDS) as writer:
+    with TraceWriter(out, facts, provenance, fields=ID_FIELDS, replace=replace) as writer:
         for kind, rows in _vllm_steps(requests, batch_size):
             step = _step_from_rows(writer.num_steps, kind, rows, image_token_id,
                                    video_token_id)
@@ -595,7 +595,7 @@ def _sglang_step(index: int, rec: dict[str, Any], phys_to_log: np.ndarray | None
 
 def import_sglang(path: str | os.PathLike, out: str | os.PathLike, facts: ModelFacts, *,
                   rank: int | None = None, image_token_id: int | None = None,
-                  video_token_id: int | None = None) -> ImportResult:
+                  video_token_id: int | None = None, replace: bool = False) -> ImportResult:
     """Convert an SGLang per-token expert-distribution dump, converted to JSON (module
     docstring), to a format-v1 trace. Records of one ``rank`` (default: the lowest) are
     taken in forward-pass order. SGLang records no request ids: ``request_id`` is the
@@ -653,7 +653,7 @@ def import_sglang(path: str | os.PathLike, out: str | os.PathLike, facts: ModelF
                   "pass (SGLang records no request ids)",
                   "image_token_id": image_token_id, "video_token_id": video_token_id}
     tokens = 0
-    with TraceWriter(out, facts, provenance, fields=ID_FIELDS) as writer:
+    with TraceWriter(out, facts, provenance, fields=ID_FIELDS, replace=replace) as writer:
         for _, pass_id, _, rec in mine:
             where = f"{path}, forward pass {pass_id}"
             step = _sglang_step(writer.num_steps, rec, phys_to_log, facts, image_token_id,

@@ -26,10 +26,10 @@ def require_transformers() -> Any:
     try:
         import transformers
     except ImportError as e:
-        raise CaptureError(f"capture needs transformers >= 5: {INSTALL_HINT} ({e})") from e
+        raise CaptureError(f"capture needs transformers >= 5.23: {INSTALL_HINT} ({e})") from e
     major = int(transformers.__version__.split(".")[0])
     if major < 5:
-        raise CaptureError(f"capture needs transformers >= 5 (routers return "
+        raise CaptureError(f"capture needs transformers >= 5.23 (routers return "
                            f"(logits, weights, ids) from 5.0 on); found "
                            f"{transformers.__version__}: {INSTALL_HINT}")
     return transformers

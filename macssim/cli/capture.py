@@ -48,7 +48,8 @@ def _capture(kwargs: dict) -> None:
                            inputs=kwargs["inputs"], settings=settings,
                            revision=kwargs["revision"], device=kwargs["device"],
                            dtype=kwargs["dtype"], progress=kwargs["progress"],
-                           command=shlex.join(["macssim", *sys.argv[1:]]))
+                           command=shlex.join(["macssim", *sys.argv[1:]]),
+                           replace=kwargs["force"])
     modal = ", ".join(f"{k} {v}" for k, v in sorted(result.tokens_by_modality.items()))
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(result.tokens_by_kind.items()))
     _table([("model", f"{result.model} ({result.family}) on {result.device}"),
@@ -68,10 +69,10 @@ def _import(kwargs: dict) -> None:
     ids = {"image_token_id": kwargs["image_token_id"], "video_token_id": kwargs["video_token_id"]}
     if kwargs["import_vllm"]:
         result = import_vllm(kwargs["import_vllm"], kwargs["out"], facts,
-                             batch_size=kwargs["batch_size"], **ids)
+                             batch_size=kwargs["batch_size"], replace=kwargs["force"], **ids)
     else:
         result = import_sglang(kwargs["import_sglang"], kwargs["out"], facts,
-                               rank=kwargs["rank"], **ids)
+                               rank=kwargs["rank"], replace=kwargs["force"], **ids)
     _table([("source", result.source), ("model facts", facts.name),
             ("requests", "not recorded" if result.num_requests is None
              else str(result.num_requests)),
@@ -102,7 +103,9 @@ def _import(kwargs: dict) -> None:
                    "\"images\" | \"video\" (frame files)}. Default: the built-in set (document, "
                    "chart, photo, video frames, text-only).")
 @click.option("--out", "-o", default="capture.mtrace", show_default=True,
-              type=click.Path(dir_okay=False), help="Trace file to write (format v1).")
+              type=click.Path(dir_okay=False), help="Trace file to write (format v1). An "
+              "existing file is never overwritten, except an earlier trace with --force.")
+@click.option("--force", is_flag=True, help="Replace an earlier macssim trace at --out.")
 @click.option("--batch-size", default=4, show_default=True, type=int,
               help="Requests per forward batch, at most (imports: requests per rebuilt batch).")
 @click.option("--max-tokens", default=16384, show_default=True, type=int,
@@ -136,7 +139,7 @@ def command(**kwargs) -> None:
       macssim capture --import-vllm routed.npz --facts qwen3-vl-30b-a3b -o vllm.mtrace
       macssim capture --list-families
 
-    Needs transformers >= 5 for --model/--tiny: pip install -e ".[capture]".
+    Needs transformers >= 5.23 for --model/--tiny: pip install -e ".[capture]".
     """
     if kwargs["list_families"]:
         _list_families()
@@ -146,6 +149,9 @@ def command(**kwargs) -> None:
         raise click.UsageError("give exactly one of --model, --tiny, --import-vllm, "
                                "--import-sglang (or --list-families)")
     try:
+        from macssim.trace import check_trace_target
+
+        check_trace_target(kwargs["out"], replace=kwargs["force"])  # before loading a model
         if sources[0] in ("import_vllm", "import_sglang"):
             _import(kwargs)
         else:

@@ -71,7 +71,9 @@ def _print_summary(summary) -> None:
 @click.option("--seed", type=click.IntRange(0, Limits.MAX_SEED), default=0, show_default=True,
               help="Random seed; the same command and seed give a byte-identical file.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Trace file to write [default: <scenario>-seed<seed>.mtrace].")
+              help="Trace file to write [default: <scenario>-seed<seed>.mtrace]. An existing "
+                   "file is never overwritten, except an earlier trace with --force.")
+@click.option("--force", is_flag=True, help="Replace an earlier macssim trace at --out.")
 @click.option("--batch-size", type=click.IntRange(1, Limits.MAX_BATCH), default=None,
               help="Override the scenario's requests per prefill batch (a prefill step holds "
                    f"at most {Limits.MAX_TOKENS_PER_STEP:,} tokens).")
@@ -82,7 +84,7 @@ def _print_summary(summary) -> None:
 @click.option("--list-scenarios", is_flag=True,
               help="List the bundled scenarios and exit.")
 def command(model: str, scenario: str, steps: int, seed: int, out: str | None,
-            batch_size: int | None, decode_steps: int | None, compress: bool,
+            force: bool, batch_size: int | None, decode_steps: int | None, compress: bool,
             list_scenarios: bool) -> None:
     """Write a synthetic routing trace: realistic expert choices, router scores and
     feature entropies for a scenario's traffic, without a GPU or model weights.
@@ -100,7 +102,7 @@ def command(model: str, scenario: str, steps: int, seed: int, out: str | None,
     """
     from tqdm import tqdm
 
-    from macssim.trace import get_model_preset, get_scenario, synthesize
+    from macssim.trace import check_trace_target, get_model_preset, get_scenario, synthesize
 
     try:
         if list_scenarios:
@@ -114,10 +116,11 @@ def command(model: str, scenario: str, steps: int, seed: int, out: str | None,
             raise click.BadParameter(str(e), param_hint="--batch-size") from e
         # A scenario's name is free text: keep the default file name a plain one, here.
         path = out or f"{re.sub(r'[^A-Za-z0-9_.-]', '_', spec.name)[:100]}-seed{seed}.mtrace"
+        check_trace_target(path, replace=force)
         with tqdm(total=steps, unit="step", desc="synth", leave=False) as bar:
             summary = synthesize(path, model=facts, scenario=spec, num_steps=steps,
                                  seed=seed, compress=compress,
-                                 on_step=lambda step: bar.update(1))
+                                 on_step=lambda step: bar.update(1), replace=force)
     except MacssimError as e:
         raise click.ClickException(str(e)) from e
     _print_summary(summary)

@@ -10,6 +10,7 @@ from macssim.trace._format import (
     Step,
     Trace,
     TraceWriter,
+    check_trace_target,
     open_trace,
     write_trace,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "Trace",
     "TraceSummary",
     "TraceWriter",
+    "check_trace_target",
     "get_model_preset",
     "get_scenario",
     "list_model_presets",

@@ -10,6 +10,8 @@ name, so the writer fills a temporary file and renames it at the end.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import math
@@ -41,6 +43,7 @@ __all__ = [
     "Step",
     "Trace",
     "TraceWriter",
+    "check_trace_target",
     "open_trace",
     "write_trace",
 ]
@@ -63,13 +66,17 @@ class TraceWriter:
     """Writes a trace step by step; the file appears under its name only on success.
 
     Use as a context manager: on an exception the temporary file is removed and nothing
-    is left under ``path``.
+    is left under ``path``. A file already at ``path`` is never overwritten unless it is
+    a macssim trace and ``replace`` is true; temporaries of killed writers
+    (``.NAME.tmp-PID``, their process gone) are removed.
     """
 
     def __init__(self, path: str | os.PathLike, model: ModelFacts,
                  provenance: dict[str, Any], *, fields: tuple[str, ...] | None = None,
-                 compress: bool = False) -> None:
+                 compress: bool = False, replace: bool = False) -> None:
         self._path = Path(path)
+        self._replace = replace
+        _check_target(self._path, replace)
         self._model = model
         self._fields = tuple(fields) if fields is not None else FIELD_NAMES
         unknown = set(self._fields) - set(FIELD_NAMES)
@@ -101,6 +108,7 @@ class TraceWriter:
         self._fh: BinaryIO | None = None
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temporaries(self._path)
             self._fh = open(self._tmp, "wb")  # noqa: SIM115
             self._fh.write(MAGIC + struct.pack("<II", FORMAT_VERSION, len(blob)) + blob)
         except OSError as e:
@@ -171,6 +179,7 @@ class TraceWriter:
             os.fsync(self._fh.fileno())
             self._fh.close()
             self._fh = None
+            _check_target(self._path, self._replace)  # again: it may have appeared meanwhile
             os.replace(self._tmp, self._path)
         except OSError as e:
             self.abort()
@@ -198,6 +207,52 @@ class TraceWriter:
             self.close()
         else:
             self.abort()
+
+
+def check_trace_target(path: str | os.PathLike, *, replace: bool = False) -> None:
+    """Raise TraceError unless a trace may be written to ``path``: nothing is there, or an
+    earlier macssim trace is and ``replace`` is true. Commands call it before long work."""
+    _check_target(Path(path), replace)
+
+
+def _check_target(path: Path, replace: bool) -> None:
+    """Refuse to overwrite anything but an earlier macssim trace, and that only when asked."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_file():
+        raise TraceError(f"{path}: exists and is not a regular file; give another output path")
+    try:
+        with open(path, "rb") as fh:
+            ours = fh.read(len(MAGIC)) == MAGIC
+    except OSError as e:
+        raise TraceError(f"{path}: exists and cannot be read ({e.strerror or e}); macssim "
+                         "overwrites only its own traces") from e
+    if not ours:
+        raise TraceError(f"{path}: exists and is not a macssim trace; macssim never "
+                         "overwrites a file it did not write — give another output path")
+    if not replace:
+        raise TraceError(f"{path}: holds a macssim trace already; pass --force to replace it "
+                         "(or give another output path)")
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """``.NAME.tmp-PID`` files beside ``path`` whose writing process is gone."""
+    prefix = f".{path.name}.tmp-"
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = tmp.name[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def write_trace(path: str | os.PathLike, model: ModelFacts, provenance: dict[str, Any],

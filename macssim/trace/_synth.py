@@ -256,7 +256,8 @@ def provenance(model: ModelFacts, scenario: Scenario, knobs: RoutingKnobs, seed:
 def synthesize(out: str | os.PathLike, *, model: ModelFacts | str = "qwen3-vl-30b-a3b",
                scenario: Scenario | str = "docvqa", num_steps: int = 64, seed: int = 0,
                knobs: RoutingKnobs | None = None, compress: bool = False,
-               on_step: Callable[[Step], None] | None = None) -> SynthSummary:
+               on_step: Callable[[Step], None] | None = None,
+               replace: bool = False) -> SynthSummary:
     """Generate a synthetic trace and write it to ``out`` (atomically), one step at a time.
 
     Args:
@@ -265,6 +266,7 @@ def synthesize(out: str | os.PathLike, *, model: ModelFacts | str = "qwen3-vl-30
         scenario: a ``Scenario``, a bundled scenario name or a scenario YAML path.
         num_steps: steps in all, prefill and decode together.
         seed: every random draw follows from it; same seed, same bytes.
+        replace: overwrite an earlier macssim trace at ``out`` (never another file).
         knobs: routing knobs; ``None`` takes the calibrated defaults.
         compress: zlib-compress each step's payload.
         on_step: called after each step is written (a progress bar).
@@ -276,7 +278,7 @@ def synthesize(out: str | os.PathLike, *, model: ModelFacts | str = "qwen3-vl-30
     kinds = {"prefill": 0, "decode": 0}
     requests = 0
     with TraceWriter(out, model, provenance(model, scenario, knobs, seed, num_steps),
-                     compress=compress) as writer:
+                     compress=compress, replace=replace) as writer:
         for step, layout in _steps_with_layout(model, scenario, num_steps, seed, knobs):
             writer.write(step)
             counts += np.bincount((step.topk_ids + offsets).ravel(), minlength=counts.size)

@@ -177,14 +177,50 @@ def test_writer_refuses_bad_steps_and_leaves_nothing(tmp_path):
 
 
 def test_interrupted_write_leaves_no_trace(tmp_path):
-    path = tmp_path / "t.mtrace"
-    path.write_bytes(b"previous good trace")
+    path = write_trace(tmp_path / "t.mtrace", facts(), {"run": "previous"}, [make_step(0)])
+    before = path.read_bytes()
     with pytest.raises(KeyboardInterrupt):
-        with TraceWriter(path, facts(), {}) as w:
+        with TraceWriter(path, facts(), {}, replace=True) as w:
             w.write(make_step(0))
             raise KeyboardInterrupt
-    assert path.read_bytes() == b"previous good trace"  # untouched, no partial file
+    assert path.read_bytes() == before  # untouched, no partial file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.mtrace"]
+
+
+def test_a_file_that_is_not_a_trace_is_never_overwritten(tmp_path):
+    path = tmp_path / "notes.mtrace"
+    path.write_bytes(b"my notes")
+    for replace in (False, True):
+        with pytest.raises(TraceError, match="not a macssim trace"):
+            write_trace(path, facts(), {}, [make_step(0)], replace=replace)
+    assert path.read_bytes() == b"my notes"
+    (tmp_path / "dir.mtrace").mkdir()
+    with pytest.raises(TraceError, match="not a regular file"):
+        write_trace(tmp_path / "dir.mtrace", facts(), {}, [make_step(0)], replace=True)
+
+
+def test_an_earlier_trace_is_replaced_only_when_asked(tmp_path):
+    path = write_trace(tmp_path / "t.mtrace", facts(), {"run": 1}, [make_step(0)])
+    with pytest.raises(TraceError, match="--force"):
+        write_trace(path, facts(), {"run": 2}, [make_step(0)])
+    assert open_trace(path).provenance == {"run": 1}
+    write_trace(path, facts(), {"run": 2}, [make_step(0)], replace=True)
+    assert open_trace(path).provenance == {"run": 2}
+
+
+def test_temporaries_of_killed_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+    stale = tmp_path / f".t.mtrace.tmp-{dead}"
+    stale.write_bytes(b"half a trace")
+    other = tmp_path / f".other.mtrace.tmp-{dead}"  # another target's: not ours to judge
+    other.write_bytes(b"x")
+    write_trace(tmp_path / "t.mtrace", facts(), {}, [make_step(0)])
+    assert not stale.exists()
+    assert other.exists()
 
 
 def test_reading_streams_one_step_at_a_time(tmp_path):
@@ -329,7 +365,7 @@ def test_writer_refuses_what_a_reader_would_refuse(tmp_path):
     with pytest.raises(TraceError, match='"position" holds 4294967300, which does not fit'):
         write_trace(tmp_path / "b.mtrace", facts(), {},
                     [make_step(0, position=np.arange(5, dtype=np.int64) + (1 << 32))])
-    (tmp_path / "dir.mtrace").mkdir()
-    with pytest.raises(TraceError, match="cannot write trace"):
-        write_trace(tmp_path / "dir.mtrace", facts(), {}, [make_step(0)])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TraceError, match="cannot write trace"):  # parent is a file
+        write_trace(tmp_path / "file" / "c.mtrace", facts(), {}, [make_step(0)])
     assert not (tmp_path / "a.mtrace").exists() and not (tmp_path / "b.mtrace").exists()
