@@ -163,18 +163,14 @@ def _steps_with_layout(model: ModelFacts, scenario: Scenario, num_steps: int, se
         yield _route_step(index, layout, model, state, knobs, seed), layout
 
 
-MAX_STEP_BYTES = 64 << 30
-"""What one synthetic step may hold in memory (its routing arrays and the per-layer noise):
-a 1M-token prefill of the largest preset takes ~17 GB; a custom ``ModelFacts`` with
-thousands of experts and layers would ask for terabytes and is refused up front."""
-
-
-def _step_bytes(model: ModelFacts, num_tokens: int) -> int:
-    """Bytes ``_route_step`` holds for a step of ``num_tokens`` tokens: scores (float16),
-    ids (int64), weights (float32), entropy (float32) for every layer, and one layer's
-    float32 noise twice over."""
-    per_token_layer = 2 * model.num_experts + 12 * model.top_k + 4
-    return num_tokens * (model.num_moe_layers * per_token_layer + 8 * model.num_experts)
+def _step_payload_bytes(model: ModelFacts, num_tokens: int) -> int:
+    """Bytes one step of ``num_tokens`` tokens takes in a trace: scores (float16), ids
+    (int16), weights and entropy (float32) per layer, plus the per-token fields. A step
+    above ``Limits.MAX_STEP_PAYLOAD_BYTES`` is refused by the writer and every reader, so
+    it is refused before any routing is drawn; generating it takes about as much again
+    in memory."""
+    per_token_layer = 2 * model.num_experts + 6 * model.top_k + 4
+    return num_tokens * (model.num_moe_layers * per_token_layer + 17)
 
 
 def _resolve(model: ModelFacts | str, scenario: Scenario | str, num_steps: int, seed: int,
@@ -195,12 +191,12 @@ def _resolve(model: ModelFacts | str, scenario: Scenario | str, num_steps: int, 
         raise TraceError(f"synth: knobs must be RoutingKnobs, got {brief(knobs)}")
     largest = max(scenario.batch_size,
                   scenario.batch_size * max(k.max_prompt_tokens for k in scenario.requests))
-    need = _step_bytes(model, largest)
-    if need > MAX_STEP_BYTES:
+    need = _step_payload_bytes(model, largest)
+    if need > Limits.MAX_STEP_PAYLOAD_BYTES:
         raise TraceError(
             f"synth: scenario {brief(scenario.name)} on model {brief(model.name)} may make a "
-            f"step of {largest} tokens, {need / 2**30:.0f} GiB of routing in memory; at most "
-            f"{MAX_STEP_BYTES >> 30} GiB are supported: lower the batch size")
+            f"step of {largest} tokens, {need / 2**30:.1f} GiB of routing; a trace step holds "
+            f"at most {Limits.MAX_STEP_PAYLOAD_BYTES / 2**30:.0f} GiB: lower the batch size")
     return model, scenario, knobs if knobs is not None else RoutingKnobs()
 
 
