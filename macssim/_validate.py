@@ -37,6 +37,7 @@ __all__ = [
     "load_json",
     "load_yaml",
     "mapping",
+    "read_bounded",
 ]
 
 
@@ -237,13 +238,29 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], *, limit: int) -> int:
     return size
 
 
+def read_bounded(fh, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of an open binary file (one more than allowed, so the
+    caller can tell "too large"), allocating only what is there: ``read(n)`` reserves
+    ``n`` bytes up front, so it is sized from the file's own length where it has one."""
+    import os
+    import stat
+
+    info = os.fstat(fh.fileno())
+    if stat.S_ISREG(info.st_mode):
+        return fh.read(min(info.st_size, limit) + 1)
+    out = bytearray()
+    while len(out) <= limit and (chunk := fh.read(min(1 << 16, limit + 1 - len(out)))):
+        out += chunk
+    return bytes(out)
+
+
 def load_yaml(path: str | Path, *, what: str, error: type[MacssimError]) -> Any:
     """Read one YAML document safely: bounded file size, bounded alias expansion, no
     python tags, plain data out. ``what`` names the file kind in messages ("topology")."""
     where = str(path)
     try:
         with open(path, "rb") as f:  # read at most the limit (a /dev/zero never ends)
-            raw = f.read(Limits.MAX_YAML_BYTES + 1)
+            raw = read_bounded(f, Limits.MAX_YAML_BYTES)
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
         raise error(f"{where}: cannot read {what} file "
                     f"({getattr(e, 'strerror', None) or e})") from e

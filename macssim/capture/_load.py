@@ -6,13 +6,13 @@ here, lazily, so ``import macssim.capture`` stays light.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from macssim._errors import CaptureError
+from macssim._errors import CaptureError, MacssimError
+from macssim._validate import Limits, brief, check_int, load_json, mapping, read_bounded
 from macssim.capture._families import Family, family_for_config
 
 __all__ = ["DEVICES", "LoadedModel", "device_problem", "facts_for", "load_model", "pick_device",
@@ -175,19 +175,81 @@ def facts_for(spec: str) -> Any:
     from macssim.capture._sites import find_sites
 
     transformers = require_transformers()
+    config_file = path / "config.json" if path.is_dir() else path
+    data = _read_config(config_file)
+    where = str(config_file)
+    # Third-party code turns the untrusted sizes into modules: any exception it raises on
+    # a bad config is this file's fault, reported as such (never a traceback).
     try:
-        if path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
-            model_type = data.pop("model_type", None)
-            config = transformers.AutoConfig.for_model(model_type, **data)
-        else:
-            config = transformers.AutoConfig.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as e:
-        raise CaptureError(f"{path}: cannot read a transformers config: {e}") from e
-    family = family_for_config(config, where=str(path))
-    with torch.device("meta"):
-        skeleton = getattr(transformers, family.top_class)(config)
-    _, _, moe_layers = find_sites(skeleton, family)
+        model_type = data.pop("model_type", None)
+        config = transformers.AutoConfig.for_model(model_type, **data)
+        family = family_for_config(config, where=where)
+        with torch.device("meta"):
+            skeleton = getattr(transformers, family.top_class)(config)
+        _, _, moe_layers = find_sites(skeleton, family)
+    except CaptureError as e:
+        if where in str(e):
+            raise
+        raise CaptureError(f"{where}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - see above
+        raise CaptureError(f"{where}: transformers cannot build a model from this config "
+                           f"({type(e).__name__}: {brief(str(e))})") from None
     dtype = str(getattr(config, "dtype", None) or "bfloat16").replace("torch.", "")
-    return model_facts(config, family, moe_layers, name=str(spec), dtype=dtype,
-                       source=f"{path} (transformers {transformers.__version__})")
+    try:
+        return model_facts(config, family, moe_layers, name=str(spec), dtype=dtype,
+                           source=f"{path} (transformers {transformers.__version__})")
+    except MacssimError as e:
+        raise CaptureError(f"{where}: {e}") from None
+
+
+_LAYER_KEYS = re.compile(r"^(num_hidden_layers|num_layers|n_layers|depth)$")
+_EXPERT_KEYS = re.compile(r"^(num_experts|n_routed_experts|num_local_experts|moe_num_experts"
+                          r"|num_shared_experts|n_shared_experts)$")
+_MAX_EXPERT_MODULES = 1 << 18
+"""Layers × experts a config may ask for: building its skeleton, even on the meta device,
+makes a Python module per expert (DeepSeek-V3: 61 × 256 = 15,616)."""
+
+
+def _read_config(path: Path) -> dict:
+    """A config.json as a dict whose sizes are plain, bounded integers — checked before
+    transformers builds anything from them."""
+    try:
+        with open(path, "rb") as fh:
+            blob = read_bounded(fh, Limits.MAX_JSON_BYTES)
+    except (OSError, ValueError) as e:
+        raise CaptureError(f"{path}: cannot read a transformers config "
+                           f"({getattr(e, 'strerror', None) or e})") from e
+    data = load_json(blob, str(path), what="config.json", error=CaptureError)
+    data = mapping(data, str(path), "", error=CaptureError)
+    layers, experts = [1], [1]
+    for field, value in _size_fields(data, ""):
+        name = field.rsplit(".", 1)[-1]
+        if _LAYER_KEYS.match(name):
+            layers.append(check_int(value, str(path), field, low=0, high=Limits.MAX_LAYERS,
+                                    error=CaptureError))
+        elif _EXPERT_KEYS.match(name) or "expert" in name and not name.endswith("_size"):
+            experts.append(check_int(value, str(path), field, low=0, high=Limits.MAX_EXPERTS,
+                                     error=CaptureError))
+        elif name.endswith(("_size", "_dim", "_heads")) or name.startswith("num_"):
+            # only bounded above: a negative size fails in transformers, reported as such
+            check_int(value, str(path), field, high=Limits.MAX_HIDDEN, error=CaptureError)
+    if max(layers) * max(experts) > _MAX_EXPERT_MODULES:
+        raise CaptureError(f"{path}: {max(layers)} layers × {max(experts)} experts is more than "
+                           f"{_MAX_EXPERT_MODULES} expert modules; no released MoE model is "
+                           "near that")
+    return data
+
+
+def _size_fields(data: dict, prefix: str, depth: int = 0):
+    """(dotted field, value) of every integer-looking size in a config and its sub-configs
+    (``text_config``, ``vision_config``…); bools and lists are not sizes."""
+    if depth > 4:
+        return
+    for key, value in data.items():
+        field = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _size_fields(value, f"{field}.", depth + 1)
+        elif isinstance(value, int | float | str) and not isinstance(value, bool) and (
+                key.endswith(("_size", "_dim", "_heads", "_layers", "_experts"))
+                or key.startswith(("num_", "n_")) or key in ("depth", "vocab_size")):
+            yield field, value  # checked as an int: a float or string size is refused
