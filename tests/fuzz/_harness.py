@@ -8,6 +8,7 @@ the machine runs out."""
 
 from __future__ import annotations
 
+import json
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -75,3 +76,20 @@ def invoke_cli(args: list[str], *, name: str) -> Result:
                              f"{result.output}") from result.exception
     assert "Traceback" not in result.output, f"{name}: traceback in output:\n{result.output}"
     return result
+
+
+DELETE = object()
+"""With ``edited``: remove the key instead of setting it."""
+
+
+def edited(obj: Any, path: tuple, value: Any) -> Any:
+    """A deep copy of JSON-like ``obj`` with the value at ``path`` replaced (or deleted)."""
+    obj = json.loads(json.dumps(obj))
+    parent = obj
+    for key in path[:-1]:
+        parent = parent[key]
+    if value is DELETE:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return obj

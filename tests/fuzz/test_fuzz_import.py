@@ -28,11 +28,10 @@ from macssim._validate import Limits
 from macssim.capture import import_sglang, import_vllm
 from macssim.trace import ModelFacts, open_trace
 
-from ._harness import Outcome, assert_names, invoke_cli, run_bounded
+from ._harness import DELETE, Outcome, assert_names, edited, invoke_cli, run_bounded
 
 FACTS = ModelFacts(name="toy", num_layers=4, moe_layers=(1, 2, 3), num_experts=8, top_k=2,
                    hidden_size=16, expert_intermediate_size=8)
-DELETE = object()
 SWAPS: tuple[Any, ...] = (DELETE, "x", "", [], [1], {}, {"a": 1}, 1.5, 2.0, True, False, None,
                           10**18, 10**9, 2**64, -1, 0, float("nan"), float("inf"))
 
@@ -147,18 +146,6 @@ def check(root: Path, suffix: str, data: bytes | Any, name: str, *, must_fail: b
     elif must_fail:
         raise AssertionError(f"{name}: the importer accepted it")
     return outcome
-
-
-def edited(obj: Any, path: tuple, value: Any) -> Any:
-    obj = json.loads(json.dumps(obj))
-    parent = obj
-    for key in path[:-1]:
-        parent = parent[key]
-    if value is DELETE:
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
-    return obj
 
 
 def test_the_corpus_imports(corpus):

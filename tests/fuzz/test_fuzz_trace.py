@@ -30,7 +30,7 @@ from macssim._errors import MacssimError, TraceError
 from macssim._validate import Limits
 from macssim.trace import ModelFacts, Step, open_trace, write_trace
 
-from ._harness import Outcome, assert_names, invoke_cli, run_bounded
+from ._harness import DELETE, Outcome, assert_names, edited, invoke_cli, run_bounded
 
 MODEL = ModelFacts(name="fuzz", num_layers=3, moe_layers=(0, 2), num_experts=8, top_k=2,
                    hidden_size=16, expert_intermediate_size=8)
@@ -44,8 +44,6 @@ def fuzz(examples: int) -> settings:
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-DELETE = object()
-"""Stands for "remove the key" in an edit."""
 SWAPS: tuple[Any, ...] = (DELETE, "x", "", [], [1], {}, {"a": 1}, 1.5, 2.0, True, False, None,
                           10**18, 10**9, 2**64, -1, 0, float("nan"), float("inf"),
                           float("-inf"))
@@ -121,19 +119,6 @@ def assemble(header: Any, metas: list[Any], stored: list[bytes], index: Any = No
     at = len(out)
     out += b"INDX" + struct.pack("<I", len(ib)) + ib + struct.pack("<Q", at) + b"MACSEND\0"
     return bytes(out)
-
-
-def edited(obj: Any, path: tuple, value: Any) -> Any:
-    """A deep copy of ``obj`` with the value at ``path`` replaced (or deleted)."""
-    obj = json.loads(json.dumps(obj))
-    parent = obj
-    for key in path[:-1]:
-        parent = parent[key]
-    if value is DELETE:
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
-    return obj
 
 
 # -- the check every case passes -------------------------------------------------------
