@@ -9,6 +9,7 @@ import sys
 import click
 
 from macssim._errors import MacssimError
+from macssim._validate import Limits
 
 __all__ = ["command"]
 
@@ -106,25 +107,32 @@ def _import(kwargs: dict) -> None:
               type=click.Path(dir_okay=False), help="Trace file to write (format v1). An "
               "existing file is never overwritten, except an earlier trace with --force.")
 @click.option("--force", is_flag=True, help="Replace an earlier macssim trace at --out.")
-@click.option("--batch-size", default=4, show_default=True, type=int,
+@click.option("--batch-size", default=4, show_default=True,
+              type=click.IntRange(1, Limits.MAX_BATCH),
               help="Requests per forward batch, at most (imports: requests per rebuilt batch).")
-@click.option("--max-tokens", default=16384, show_default=True, type=int,
+@click.option("--max-tokens", default=16384, show_default=True,
+              type=click.IntRange(1, Limits.MAX_TOKENS_PER_STEP),
               help="Padded tokens per batch (requests x longest prompt), at most.")
-@click.option("--decode-steps", default=0, show_default=True, type=int,
+@click.option("--decode-steps", default=0, show_default=True,
+              type=click.IntRange(0, Limits.MAX_STEPS),
               help="Decode forward calls after the prefill; each becomes one step with one "
                    "token per live sequence.")
 @click.option("--revision", help="Hub revision (branch, tag or commit) of --model.")
 @click.option("--device", default="auto", show_default=True, callback=_check_device,
               help="auto (GPU if present), cpu, cuda or cuda:N.")
 @click.option("--dtype", default="auto", show_default=True,
-              help="auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16 or float32.")
-@click.option("--seed", default=0, show_default=True, type=int,
+              type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+              help="With --model: auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16 "
+              "or float32. Tiny models run in float32.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, Limits.MAX_SEED),
               help="Seed for torch and the built-in images (decoding is greedy).")
 @click.option("--compress/--no-compress", default=False, show_default=True,
               help="zlib-compress each step of the trace.")
-@click.option("--image-token-id", type=int, help="For imports: token id of image placeholders.")
-@click.option("--video-token-id", type=int, help="For imports: token id of video placeholders.")
-@click.option("--rank", type=int,
+@click.option("--image-token-id", type=click.IntRange(0, Limits.MAX_HIDDEN),
+              help="For imports: token id of image placeholders.")
+@click.option("--video-token-id", type=click.IntRange(0, Limits.MAX_HIDDEN),
+              help="For imports: token id of video placeholders.")
+@click.option("--rank", type=click.IntRange(0, Limits.MAX_GPUS - 1),
               help="For --import-sglang: the rank whose records to take (default: lowest).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar over the inputs.")
@@ -148,6 +156,8 @@ def command(**kwargs) -> None:
     if len(sources) != 1:
         raise click.UsageError("give exactly one of --model, --tiny, --import-vllm, "
                                "--import-sglang (or --list-families)")
+    if kwargs["tiny"] and kwargs["dtype"] != "auto":
+        raise click.UsageError("--dtype applies to --model; tiny models run in float32")
     try:
         from macssim.trace import check_trace_target
 

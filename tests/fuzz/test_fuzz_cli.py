@@ -306,3 +306,25 @@ def test_accepted_parameters_at_their_limits_give_finite_plans(policy):
             assert torch.isfinite(p.weights).all(), f"{policy}.{name}={value}"
             if p.capacity is not None:
                 assert torch.isfinite(p.capacity.double()).all(), f"{policy}.{name}={value}"
+
+
+CAPTURE_USAGE = [
+    ("--batch-size", v) for v in ("0", "-1", str(10**12), "1.5")
+] + [
+    ("--max-tokens", v) for v in ("0", str(10**12))
+] + [
+    ("--decode-steps", v) for v in ("-5", str(10**12))
+] + [
+    ("--seed", v) for v in ("-1", str(2**64))
+] + [
+    ("--dtype", "float8"), ("--device", "tpu"), ("--rank", "-2"), ("--image-token-id", "-1"),
+]
+
+
+@pytest.mark.parametrize("option, value", CAPTURE_USAGE,
+                         ids=[f"{o}={v}" for o, v in CAPTURE_USAGE])
+def test_capture_refuses_a_bad_value_as_a_usage_error(option, value, out_dir, cli_imported):
+    """Checked before any model is built (these run in milliseconds)."""
+    args = ["capture", "--tiny", "qwen3-vl-moe", "--out", str(out_dir / "c.mtrace"),
+            f"{option}={value}"]
+    _usage_error(_run(args, out_dir, f"{option}={value}"), option, option)
