@@ -8,6 +8,7 @@ of the EP cluster) -> ``report`` (CSV, plots). Imports only point downstream.
 
 from macssim._errors import (
     CaptureError,
+    CostError,
     MacssimError,
     PolicyError,
     ReportError,
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CaptureError",
+    "CostError",
     "MacssimError",
     "PolicyError",
     "ReportError",

@@ -3,7 +3,7 @@ errors apart from bugs. Every message names the thing at fault (file, step, laye
 field) and what was expected."""
 
 __all__ = ["MacssimError", "TraceError", "TopologyError", "PolicyError", "CaptureError",
-           "ReportError"]
+           "ReportError", "CostError"]
 
 
 class MacssimError(Exception):
@@ -29,3 +29,8 @@ class CaptureError(MacssimError):
 class ReportError(MacssimError):
     """A report cannot be written where asked without touching files macssim did not
     write."""
+
+
+class CostError(MacssimError):
+    """A cost table is malformed, or a cost was asked for where the table cannot answer
+    it (no matching measurements, or a size outside the measured range)."""

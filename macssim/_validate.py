@@ -83,6 +83,11 @@ class Limits:
     MAX_IMPORT_BYTES = 1 << 30
     """An engine export to import (vLLM .npy/.npz uncompressed, .jsonl): ~100M
     token-layer routing slots; each JSON document in it is also held to MAX_JSON_BYTES."""
+    MAX_TABLE_BYTES = 512 << 20
+    """A cost table file: aiconfigurator-core's largest H100 table (126k fused-MoE rows) is
+    ~15 MB as CSV; 512 MB is room for a far larger sweep, and still fits in memory."""
+    MAX_SIZE_KEY = 1 << 50
+    """A size key of a cost table (tokens, bytes, m/n/k): 1 PiB; larger is a unit mistake."""
 
 
 LIMITS = Limits()

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 STAGES = ["macssim", "macssim.trace", "macssim.policies", "macssim.placement",
-          "macssim.cluster", "macssim.replay", "macssim.report", "macssim.capture"]
+          "macssim.cluster", "macssim.replay", "macssim.report", "macssim.capture",
+          "macssim.cost"]
 
 
 @pytest.mark.parametrize("name", STAGES)
