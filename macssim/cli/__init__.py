@@ -25,13 +25,15 @@ def main() -> None:
           capture routing from a model with torch hooks
       macssim trace info my.mtrace
           what a trace holds
+      macssim cost predict tables/gemm.csv dtype=bfloat16 m=300 n=4096 k=7168
+          one operation's time from a measured kernel table
     """
 
 
 def _register() -> None:
     import importlib
 
-    for module in ("trace", "synth", "replay", "capture"):
+    for module in ("trace", "synth", "replay", "capture", "cost"):
         try:
             mod = importlib.import_module(f"macssim.cli.{module}")
         except ModuleNotFoundError as e:

@@ -226,8 +226,16 @@ def table_from_frame(frame: pd.DataFrame, *, where: str = "<frame>",
 
 
 def save_table(table: CostTable, path: str | os.PathLike) -> None:
-    """Write a table as CSV in macssim's format (``float`` written exactly: repr)."""
-    table.frame.to_csv(path, index=False, float_format="%.17g")
+    """Write a table as CSV in macssim's format (``float`` written exactly: repr), under a
+    temporary name first, so a failed write leaves nothing under ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        table.frame.to_csv(tmp, index=False, float_format="%.17g")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CostError(f"{path}: cannot write the table ({e.strerror or e})") from e
 
 
 def _refuse_first(bad: pd.Series, values: pd.Series, where: str, first_row: int, col: str,
