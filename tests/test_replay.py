@@ -50,6 +50,28 @@ def test_kept_assignments_agree_across_records(result, small_trace):
     assert (vanilla.dropped_assignments == 0).all()
 
 
+def straggler_within_moe_layer(layers, num_gpus):
+    """0 <= straggler_delay_s <= (G-1)/G · moe_latency_s <= moe_latency_s, layer by layer."""
+    assert len(layers)
+    assert (layers.straggler_delay_s >= 0).all()
+    bound = layers.moe_latency_s * (num_gpus - 1) / num_gpus
+    assert (layers.straggler_delay_s <= bound * (1 + 1e-12)).all()
+
+
+def test_straggler_delay_lies_within_the_moe_layer(result, small_trace):
+    """On every layer of every step: 0 <= straggler_delay_s <= moe_latency_s, on one node
+    and on two (16xH100), decode steps included."""
+    straggler_within_moe_layer(result.layers, 8)
+    two_nodes = replay(config(small_trace, policies=("vanilla", "token-drop"),
+                              topology="16xH100"))
+    decode = two_nodes.layers[two_nodes.layers.kind == "decode"]
+    assert set(decode.step) == {1, 2, 3}
+    straggler_within_moe_layer(decode, 16)
+    straggler_within_moe_layer(two_nodes.layers, 16)
+    share = decode.straggler_delay_s.sum() / decode.moe_latency_s.sum()
+    assert 0 <= share <= 1
+
+
 def test_replay_is_deterministic(small_trace, result):
     again = replay(config(small_trace))
     assert again.layers.equals(result.layers)

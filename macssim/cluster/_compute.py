@@ -4,14 +4,18 @@ Every compute phase is ``max(FLOPs / (peak · compute_efficiency), bytes / (HBM 
 memory_efficiency))``; a phase made of kernels with different bottlenecks (projections
 that read weights, attention that reads the KV cache) is the sum of their rooflines. The
 FLOP and byte counts are the textbook ones for a decoder layer; each function says which.
-All functions take and return per-GPU arrays ([G]), so that a measured kernel table could
+All functions return per-GPU arrays ([G]) and take per-GPU arrays (``expert_phase_s``: the
+rows of each of a GPU's expert slots, [G, S]), so that a measured kernel table could
 replace any one of them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from macssim._errors import MacssimError
 from macssim.cluster._topology import GpuSpec
 from macssim.trace import ModelFacts
 
@@ -19,7 +23,10 @@ __all__ = [
     "roofline_s",
     "attention_s",
     "dense_mlp_s",
-    "expert_s",
+    "GroupedGemm",
+    "GROUPED_GEMM",
+    "expert_phase_s",
+    "padded_rows",
     "shared_experts_s",
     "vision_s",
     "head_s",
@@ -69,17 +76,101 @@ def dense_mlp_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray) -> np.ndarr
     return _swiglu_s(model, gpu, tokens, (tokens > 0) * 1.0, inter)
 
 
-def expert_s(model: ModelFacts, gpu: GpuSpec, assignments: np.ndarray,
-             active_experts: np.ndarray) -> np.ndarray:
-    """Local routed experts: ``2·3·h·I`` FLOPs per kept token-expert assignment, the
-    weights (``3·h·I`` elements) of every active expert read from HBM, each assignment's
-    token read and its output written.
+@dataclass(frozen=True)
+class GroupedGemm:
+    """How a GPU's routed-expert phase is costed: a grouped-GEMM MoE kernel (vLLM/SGLang
+    fused MoE, CUTLASS grouped GEMM) that pads each expert's rows to a tile, runs experts
+    with few rows below the GPU's compute efficiency, and pays fixed per-layer kernels.
+
+    Every figure is an assumption to be replaced by a measured kernel table (the
+    aiconfigurator per-shape tables named in notes/fidelity.md); ``docs/cluster.md`` gives
+    the sources.
+    """
+
+    tile_rows: int = 64
+    """M tile each expert's rows are padded to. vLLM's Triton fused MoE pads every expert's
+    rows to ``BLOCK_SIZE_M`` (``moe_align_block_size``), 64 in its default config for
+    batches larger than the expert count (16 for tiny decode batches); SGLang's kernel is a
+    copy of it. CUTLASS/DeepGEMM Hopper grouped GEMMs align to 128."""
+    half_efficiency_rows: float = 128.0
+    """Hockney's n½ for one expert's GEMM: an expert with ``m`` padded rows reaches
+    ``compute_efficiency · m / (m + n½)`` of the GPU's peak. Equivalent to every active
+    expert paying n½ rows' worth of extra compute (pipeline fill, tile scheduling, wave
+    quantisation). An assumption: one 128-row tile at half the large-GEMM efficiency; the
+    measured fused-MoE figures of notes/fidelity.md (26 % of peak at ~256 rows per expert,
+    39 % at ~1024) fit n½ ≈ 200 with a lower ceiling (~0.47)."""
+    fixed_kernels: int = 5
+    """Kernels of the phase besides routing (which is ``SimOptions.router_s``): align and
+    permute, gate-up GEMM, SwiGLU activation, down GEMM, finalize/unpermute (vLLM's
+    ``fused_experts``: ``moe_align_block_size``, two ``fused_moe_kernel``, ``silu_and_mul``,
+    ``moe_sum``)."""
+    kernel_fixed_s: float = 3e-6
+    """Fixed cost of each of those kernels (launch and ramp): the ~3–4 µs intercept of
+    measured H100 GEMM times (notes/fidelity.md, "Plain GEMMs"), lower end."""
+
+    def __post_init__(self) -> None:
+        if not (self.tile_rows >= 1 and self.half_efficiency_rows >= 0
+                and self.fixed_kernels >= 0 and self.kernel_fixed_s >= 0):
+            raise MacssimError(f"GroupedGemm: tile_rows >= 1 and the other fields >= 0, got "
+                               f"{self!r}")
+
+    @property
+    def fixed_s(self) -> float:
+        """Per-layer fixed cost of the phase on every GPU."""
+        return self.fixed_kernels * self.kernel_fixed_s
+
+
+GROUPED_GEMM = GroupedGemm()
+"""The default expert-phase kernel model."""
+
+
+def padded_rows(tokens_per_expert: np.ndarray, tile_rows: int) -> np.ndarray:
+    """Each expert's rows rounded up to a multiple of ``tile_rows`` (0 stays 0)."""
+    rows = np.asarray(tokens_per_expert, dtype=np.int64)
+    return -(-rows // tile_rows) * tile_rows
+
+
+def expert_phase_s(model: ModelFacts, gpu: GpuSpec, tokens_per_expert: np.ndarray,
+                   kernel: GroupedGemm = GROUPED_GEMM) -> np.ndarray:
+    """Local routed experts on each GPU, costed per expert.
+
+    For a GPU whose expert slots hold ``m_e`` kept rows (token-expert assignments), with
+    ``p_e`` = ``m_e`` padded to ``kernel.tile_rows`` and h, I, b the hidden size, expert
+    intermediate size and bytes per element::
+
+        compute = Σ_e 6·h·I·p_e / (peak · compute_efficiency · p_e / (p_e + n½))
+        memory  = (3·h·I·b · #{e: m_e > 0} + 2·h·b · Σ_e m_e) / (HBM · memory_efficiency)
+        time    = fixed_kernels · kernel_fixed_s + max(compute, memory)
+
+    FLOPs use the padded rows; only active experts (``m_e > 0``) read their weights and
+    pay compute; each real row's token is read and its output written. A GPU with no rows
+    pays the fixed cost only (in EP every rank launches every layer's kernels). The two
+    roofs are taken over the whole grouped kernel, not per expert: its tiles of all
+    experts share the GPU's SMs and HBM at once.
 
     Args:
-        assignments: [G] kept token-expert assignments computed on each GPU.
-        active_experts: [G] experts (physical slots) on each GPU with at least one.
+        tokens_per_expert: [G, S] kept rows of each of the GPU's S expert slots (pad a GPU
+            with fewer slots with zeros: an empty slot costs nothing).
+        kernel: the kernel model's constants.
+
+    Returns:
+        [G] seconds.
     """
-    return _swiglu_s(model, gpu, assignments, active_experts, model.expert_intermediate_size)
+    rows = np.asarray(tokens_per_expert)
+    if rows.ndim != 2 or (rows.size and rows.min() < 0):
+        raise MacssimError(f"expert_phase_s: tokens_per_expert must be a [G, S] array of "
+                           f"counts >= 0, got shape {list(rows.shape)}")
+    h, inter, bpe = model.hidden_size, model.expert_intermediate_size, model.bytes_per_element
+    padded = padded_rows(rows, kernel.tile_rows).astype(np.float64)
+    active = rows > 0
+    peak = gpu.bf16_flops_per_s * gpu.compute_efficiency
+    # FLOPs / (peak · eff(p)) = 6·h·I·(p + n½) / peak for an active expert.
+    compute = (6.0 * h * inter * (padded + kernel.half_efficiency_rows * active)).sum(
+        axis=1) / peak
+    nbytes = (3.0 * h * inter * bpe * active.sum(axis=1)
+              + 2.0 * h * bpe * rows.sum(axis=1, dtype=np.float64))
+    memory = nbytes / gpu.achievable_hbm_bytes_per_s
+    return kernel.fixed_s + np.maximum(compute, memory)
 
 
 def shared_experts_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
 """From one MoE layer's dispatch plan to per-GPU work and the all-to-all's byte matrix.
 
 This is the bookkeeping between a policy's output (expert ids and a kept mask per token)
-and the cluster: which GPU computes each kept token-expert assignment, how many expert
-weight sets each GPU reads, and how many bytes go from each GPU to each other GPU.
+and the cluster: which GPU (and which expert slot on it) computes each kept token-expert
+assignment, how many rows each of a GPU's expert slots gets, and how many bytes go from
+each GPU to each other GPU.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class ExpertMap:
     slots_by_expert: np.ndarray
     """[S] int64, slot ids ordered by expert (stable)."""
     replicated: bool
+    slot_local: np.ndarray
+    """[S] int64, index of each slot among its GPU's slots (in slot order)."""
+    slots_per_gpu: int
+    """Most slots any GPU holds: the width of ``LayerLoad.rows_per_slot``."""
 
     @classmethod
     def from_placement(cls, placement: Placement) -> ExpertMap:
@@ -67,10 +72,17 @@ class ExpertMap:
         num_experts = placement.num_experts
         replicas = np.bincount(placement.slot_expert, minlength=num_experts).astype(np.int64)
         first = np.concatenate([[0], np.cumsum(replicas)[:-1]]).astype(np.int64)
+        slot_gpu = np.asarray(placement.slot_gpu, dtype=np.int64)
+        by_gpu = np.argsort(slot_gpu, kind="stable")
+        per_gpu = np.bincount(slot_gpu, minlength=placement.num_gpus)
+        starts = np.concatenate([[0], np.cumsum(per_gpu)[:-1]])
+        local = np.empty(slot_gpu.size, dtype=np.int64)
+        local[by_gpu] = np.arange(slot_gpu.size) - np.repeat(starts, per_gpu)
         return cls(num_gpus=placement.num_gpus, num_experts=num_experts,
-                   slot_gpu=np.asarray(placement.slot_gpu, dtype=np.int64), first_slot=first,
+                   slot_gpu=slot_gpu, first_slot=first,
                    replicas=replicas, slots_by_expert=order.astype(np.int64),
-                   replicated=bool(placement.is_replicated))
+                   replicated=bool(placement.is_replicated), slot_local=local,
+                   slots_per_gpu=int(per_gpu.max()) if per_gpu.size else 0)
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,9 @@ class LayerLoad:
     Attributes:
         assignments: [G] int64, kept token-expert assignments each GPU computes.
         active_experts: [G] int64, slots on each GPU with at least one assignment.
+        rows_per_slot: [G, S] int64, kept assignments of each of the GPU's expert slots
+            (column j: the GPU's j-th slot in slot order; zeros pad GPUs with fewer than
+            S slots). Rows sum to ``assignments``.
         dispatch_bytes: [G, G] float64, bytes from the token's GPU (row) to the expert's
             GPU (column); zero diagonal (local tokens do not touch the network).
         local_tokens: [G] int64, tokens needing an expert on their own GPU.
@@ -88,6 +103,7 @@ class LayerLoad:
 
     assignments: np.ndarray
     active_experts: np.ndarray
+    rows_per_slot: np.ndarray
     dispatch_bytes: np.ndarray
     local_tokens: np.ndarray
     kept: int
@@ -119,8 +135,11 @@ def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
     gpu = experts.slot_gpu[slot]
     num_gpus = experts.num_gpus
     assignments = np.bincount(gpu, minlength=num_gpus).astype(np.int64)
-    hit = np.bincount(slot, minlength=experts.slot_gpu.size) > 0
-    active = np.bincount(experts.slot_gpu, weights=hit, minlength=num_gpus).astype(np.int64)
+    slot_rows = np.bincount(slot, minlength=experts.slot_gpu.size)
+    active = np.bincount(experts.slot_gpu, weights=slot_rows > 0,
+                         minlength=num_gpus).astype(np.int64)
+    rows_per_slot = np.zeros((num_gpus, experts.slots_per_gpu), dtype=np.int64)
+    rows_per_slot[experts.slot_gpu, experts.slot_local] = slot_rows
     needs = np.zeros(num_tokens * num_gpus, dtype=bool)
     needs[t_idx * num_gpus + gpu] = True
     key = np.flatnonzero(needs)  # unique (token, destination GPU) pairs
@@ -129,6 +148,7 @@ def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
     local = np.diagonal(pairs).astype(np.int64)
     dispatch = pairs.astype(np.float64) * float(token_bytes)
     np.fill_diagonal(dispatch, 0.0)
-    return LayerLoad(assignments=assignments, active_experts=active, dispatch_bytes=dispatch,
+    return LayerLoad(assignments=assignments, active_experts=active,
+                     rows_per_slot=rows_per_slot, dispatch_bytes=dispatch,
                      local_tokens=local, kept=int(expert.size),
                      dropped=int(routing.kept.size - expert.size))

@@ -75,6 +75,8 @@ class GpuLayerRecord:
     """Tokens whose attention runs on this GPU."""
     expert_assignments: int
     active_experts: int
+    hottest_expert_rows: int
+    padded_rows: int
     dispatch_sent_bytes: float
     dispatch_received_bytes: float
     arrival_s: float

@@ -8,8 +8,9 @@ process that reads like the sentence describing it:
     → local experts → shared experts → combine all-to-all → arrive at the barrier
 
 and the layer ends when every GPU has arrived (``env.all_of``). The output head ends the
-step. Durations of compute phases come from ``_compute`` (rooflines), computed for all
-layers before the clock starts; the all-to-alls run on the flow network, where dispatch
+step. Durations of compute phases come from ``_compute`` (rooflines; the routed experts
+costed per expert slot, as a grouped GEMM), computed for all layers before the clock
+starts; the all-to-alls run on the flow network, where dispatch
 and combine flows of different GPUs share links as they overlap in time.
 """
 
@@ -193,12 +194,13 @@ def _plan(topo: Topology, model: ModelFacts, placement: Placement, step_kind: st
     token_bytes = model.hidden_size * model.bytes_per_element
     loads = tuple(layer_load(routing, token_gpu, experts, token_bytes, where=f"MoE layer {i}")
                   for i, routing in enumerate(layers))
-    assignments = np.stack([ld.assignments for ld in loads]).astype(np.float64)
-    active = np.stack([ld.active_experts for ld in loads]).astype(np.float64)
+    # Every layer's [G, S] rows per expert slot, costed in one call: [L·G, S] -> [L, G].
+    rows = np.concatenate([ld.rows_per_slot for ld in loads])
+    experts_s = compute.expert_phase_s(model, gpu, rows).reshape(len(loads), num_gpus)
     return _Plan(
         tokens=tokens, vision_s=vision, dense_before_s=np.outer(before, dense_layer),
         attention_s=attention, router_s=options.router_s * (tokens > 0),
-        experts_s=compute.expert_s(model, gpu, assignments, active),
+        experts_s=experts_s,
         shared_s=compute.shared_experts_s(model, gpu, tokens), head_s=head, loads=loads)
 
 
@@ -313,10 +315,15 @@ class _StepRun:
             arrival = np.array(sim.arrival_s) - sim.start_s
             latency = sim.end_s - sim.start_s
             attention = float(attention_each[layer])
+            padded = compute.padded_rows(load.rows_per_slot, compute.GROUPED_GEMM.tile_rows)
+            hottest = (load.rows_per_slot.max(axis=1) if load.rows_per_slot.shape[1]
+                       else np.zeros(num_gpus, np.int64)).tolist()
+            padded_sum = padded.sum(axis=1).tolist()
             layers.append(LayerRecord(
                 step=step, layer=layer, start_s=sim.start_s, end_s=sim.end_s,
                 layer_latency_s=latency, attention_s=attention,
-                moe_latency_s=latency - attention, straggler_delay_s=straggler_delay_s(arrival),
+                moe_latency_s=latency - attention,
+                straggler_delay_s=straggler_delay_s(arrival, attention),
                 imbalance=imbalance(load.assignments), kept_assignments=load.kept,
                 dropped_assignments=load.dropped,
                 dispatch_bytes=float(load.dispatch_bytes.sum())))
@@ -325,7 +332,9 @@ class _StepRun:
             gpu_layers.extend(GpuLayerRecord(
                 step=step, layer=layer, gpu=g, tokens=int(plan.tokens[g]),
                 expert_assignments=int(load.assignments[g]),
-                active_experts=int(load.active_experts[g]), dispatch_sent_bytes=sent[g],
+                active_experts=int(load.active_experts[g]),
+                hottest_expert_rows=int(hottest[g]), padded_rows=int(padded_sum[g]),
+                dispatch_sent_bytes=sent[g],
                 dispatch_received_bytes=received[g], arrival_s=float(arrival[g]))
                 for g in range(num_gpus))
         latency = self.env.now

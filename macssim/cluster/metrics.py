@@ -43,7 +43,14 @@ METRICS: tuple[Metric, ...] = (
            "assignments count nowhere)."),
     Metric("active_experts", "count", "gpu-layer",
            "Experts (physical slots) on the GPU with at least one kept assignment: the "
-           "expert weights it reads from HBM."),
+           "expert weights it reads from HBM, each paying the grouped GEMM's small-expert "
+           "overhead (docs/cluster.md)."),
+    Metric("hottest_expert_rows", "count", "gpu-layer",
+           "Kept assignments of the GPU's busiest expert slot in the layer."),
+    Metric("padded_rows", "count", "gpu-layer",
+           "The GPU's expert rows after padding each slot's rows up to the grouped GEMM's "
+           "row tile (64): the rows its expert FLOPs are counted on. `padded_rows` minus "
+           "`expert_assignments` is padding waste."),
     Metric("dispatch_sent_bytes", "bytes", "gpu-layer",
            "Bytes the GPU's tokens send to other GPUs in the dispatch (it receives the same "
            "back in the combine)."),
@@ -58,8 +65,16 @@ METRICS: tuple[Metric, ...] = (
            "as TensorRT-LLM's EP load balancer defines it; 1.0 is perfectly balanced; 1.0 "
            "as well when no assignment is kept."),
     Metric("straggler_delay_s", "s", "layer",
-           "Time the layer's barrier waits for the slowest GPU beyond the mean GPU: max "
-           "minus mean of the GPUs' `arrival_s`. Zero when every GPU arrives together."),
+           "Time the layer's barrier waits for the slowest GPU beyond the mean GPU, within "
+           "the MoE layer: `end_s` minus the mean over GPUs of each GPU's arrival at the "
+           "barrier, an arrival before the MoE layer's start (the slowest attention's end) "
+           "counted at that start. So 0 <= `straggler_delay_s` <= (G−1)/G · "
+           "`moe_latency_s` on G GPUs: zero when every GPU arrives together, the upper "
+           "bound when all GPUs but one are done before the MoE layer starts. Why this "
+           "form: max minus mean (not max minus min), so one idle GPU does not set it; "
+           "counted from the MoE layer's start, so attention imbalance, which "
+           "`attention_s` already holds, is not counted again and the delay is a part of "
+           "`moe_latency_s`."),
     Metric("start_s", "s", "layer",
            "When the layer starts (the previous barrier's release), from the step's start."),
     Metric("end_s", "s", "layer",
@@ -137,9 +152,16 @@ def imbalance(expert_assignments: np.ndarray) -> float:
     return float(work.max()) / mean if mean > 0 else 1.0
 
 
-def straggler_delay_s(arrival_s: np.ndarray) -> float:
-    """``straggler_delay_s`` of one layer. ``arrival_s``: [G] from the layer's start."""
-    arrival = np.asarray(arrival_s, dtype=np.float64)
+def straggler_delay_s(arrival_s: np.ndarray, moe_start_s: float = 0.0) -> float:
+    """``straggler_delay_s`` of one layer: max minus mean of the GPUs' arrivals, each
+    counted from no earlier than the MoE layer's start.
+
+    Args:
+        arrival_s: [G] arrivals at the barrier, from the layer's start.
+        moe_start_s: when the MoE layer starts, from the layer's start (the layer's
+            ``attention_s``); 0 counts arrivals as they are.
+    """
+    arrival = np.maximum(np.asarray(arrival_s, dtype=np.float64), moe_start_s)
     return float(arrival.max() - arrival.mean()) if arrival.size else 0.0
 
 

@@ -22,6 +22,11 @@ def test_imbalance_and_straggler_formulas():
     assert imbalance(np.zeros(4)) == 1.0
     assert straggler_delay_s(np.array([1.0, 1.0, 4.0])) == pytest.approx(2.0)
     assert straggler_delay_s(np.full(8, 3.0)) == 0.0
+    # Arrivals before the MoE layer's start (at 2.0) count as arriving at it.
+    assert straggler_delay_s(np.array([0.0, 1.0, 4.0, 3.0]), 2.0) == pytest.approx(
+        4.0 - (2.0 + 2.0 + 4.0 + 3.0) / 4)
+    assert straggler_delay_s(np.array([0.0, 0.0, 0.0, 5.0]), 2.0) == pytest.approx(
+        (5.0 - 2.0) * 3 / 4)
 
 
 def test_public_surface():

@@ -28,14 +28,22 @@ def run(topo, model, ids, kept, token_gpu, *, kind="decode", position=None, moda
         layers=layers, options=options)
 
 
-def expert_time_s(model, gpu, assignments, active):
-    """Independent SwiGLU roofline: 6·h·I FLOPs per assignment; weights of each active
-    expert plus each assignment's token in and out through HBM."""
+TILE, N_HALF, FIXED_S = 64, 128.0, 5 * 3e-6   # the documented GroupedGemm defaults
+
+
+def expert_time_s(model, gpu, rows):
+    """Independent grouped-GEMM cost of one GPU's experts, ``rows`` the kept rows of each
+    active expert: each expert's rows padded up to 64, 6·h·I FLOPs per padded row at an
+    efficiency of compute_efficiency · p / (p + 128); the weights of each active expert
+    plus each real row's token in and out through HBM; 5 kernels of 3 µs fixed."""
     h, inter, bpe = model.hidden_size, model.expert_intermediate_size, 2
-    flops = 6 * h * inter * assignments
-    nbytes = 3 * h * inter * bpe * active + 2 * h * bpe * assignments
-    return max(flops / (gpu.bf16_flops_per_s * gpu.compute_efficiency),
-               nbytes / (gpu.hbm_bytes_per_s * gpu.memory_efficiency))
+    compute = 0.0
+    for m in rows:
+        p = -(-m // TILE) * TILE
+        efficiency = gpu.compute_efficiency * p / (p + N_HALF)
+        compute += 6 * h * inter * p / (gpu.bf16_flops_per_s * efficiency)
+    nbytes = 3 * h * inter * bpe * len(rows) + 2 * h * bpe * sum(rows)
+    return FIXED_S + max(compute, nbytes / (gpu.hbm_bytes_per_s * gpu.memory_efficiency))
 
 
 def local_routing(num_gpus, n):
@@ -54,7 +62,7 @@ def test_equal_work_means_zero_straggler_delay(topo4, tiny_model):
         assert layer.imbalance == 1.0
         assert layer.dispatch_bytes == 0.0
         assert layer.moe_latency_s == pytest.approx(
-            expert_time_s(tiny_model, topo4.gpu, 2 * n, 2), rel=1e-9)
+            expert_time_s(tiny_model, topo4.gpu, [n, n]), rel=1e-9)
 
 
 def test_doubling_one_gpus_expert_work_adds_exactly_its_time(topo4, tiny_model):
@@ -65,8 +73,8 @@ def test_doubling_one_gpus_expert_work_adds_exactly_its_time(topo4, tiny_model):
     base = run(topo4, tiny_model, ids, kept, token_gpu)
     kept[token_gpu == 0, 1] = True          # GPU 0 now computes twice the assignments
     doubled = run(topo4, tiny_model, ids, kept, token_gpu)
-    extra = (expert_time_s(tiny_model, topo4.gpu, 2 * n, 2)
-             - expert_time_s(tiny_model, topo4.gpu, n, 1))
+    extra = (expert_time_s(tiny_model, topo4.gpu, [n, n])
+             - expert_time_s(tiny_model, topo4.gpu, [n]))
     assert extra > 0
     for b, d in zip(base.layers, doubled.layers, strict=True):
         assert b.straggler_delay_s == 0.0
@@ -74,6 +82,24 @@ def test_doubling_one_gpus_expert_work_adds_exactly_its_time(topo4, tiny_model):
         assert d.straggler_delay_s == pytest.approx(extra * 3 / 4, rel=1e-9)
         assert d.imbalance == pytest.approx(2 * n / (5 * n / 4))
     assert doubled.step_latency_s - base.step_latency_s == pytest.approx(2 * extra, rel=1e-9)
+
+
+def test_straggler_delay_counts_the_moe_layer_only(topo4, tiny_model):
+    """Decode with every token on GPU 0 and its experts there too: the other GPUs have no
+    attention and no rows (they pay the fixed expert kernels, shorter than GPU 0's
+    attention), so they wait for GPU 0 through the whole MoE layer and no longer:
+    straggler delay = 3/4 of the MoE latency, not 3/4 of the layer."""
+    n = 64
+    token_gpu = np.zeros(n, int)
+    ids = np.tile([0, 1], (n, 1))
+    result = run(topo4, tiny_model, ids, np.ones_like(ids, bool), token_gpu,
+                 position=np.arange(n) + 100_000)  # long context: long attention
+    moe = expert_time_s(tiny_model, topo4.gpu, [n, n])
+    for layer in result.layers:
+        assert layer.attention_s > FIXED_S           # the idle GPUs arrive before it ends
+        assert layer.moe_latency_s == pytest.approx(moe, rel=1e-9)
+        assert layer.straggler_delay_s == pytest.approx(moe * 3 / 4, rel=1e-9)
+        assert 0 <= layer.straggler_delay_s <= layer.moe_latency_s
 
 
 def test_symmetric_all_to_all_has_no_straggler_and_the_alpha_beta_time(topo4, tiny_model):
@@ -89,7 +115,7 @@ def test_symmetric_all_to_all_has_no_straggler_and_the_alpha_beta_time(topo4, ti
         assert layer.straggler_delay_s == pytest.approx(0.0, abs=1e-15)
         assert layer.dispatch_bytes == 4 * 3 * m
         assert layer.moe_latency_s == pytest.approx(
-            2 * a2a + expert_time_s(model, topo4.gpu, 4 * n, 1), rel=1e-9)
+            2 * a2a + expert_time_s(model, topo4.gpu, [4 * n]), rel=1e-9)
 
 
 def reference_load(ids, kept, token_gpu, expert_to_gpu, num_gpus, token_bytes):
