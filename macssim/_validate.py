@@ -34,6 +34,7 @@ __all__ = [
     "check_int",
     "check_number",
     "check_text",
+    "finite_range_text",
     "load_json",
     "load_yaml",
     "mapping",
@@ -115,8 +116,7 @@ def check_number(value: Any, where: str, field: str, *, low: float | None = None
                  error: type[MacssimError] = MacssimError) -> float:
     """A finite real number in [low, high] (``low_open``: (low, high]); bools are refused,
     since YAML's ``yes`` is not a number."""
-    bound = _bounds(low, high, low_open)
-    expected = f"a finite number{bound}"
+    expected = finite_range_text(low, high, low_open=low_open)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(error, where, field, expected, value)
     try:
@@ -163,13 +163,16 @@ def check_choice(value: Any, where: str, field: str, choices: tuple[str, ...], *
     return value
 
 
-def _bounds(low: float | None, high: float | None, low_open: bool) -> str:
+def finite_range_text(low: float | None = None, high: float | None = None, *,
+                      low_open: bool = False, high_open: bool = False) -> str:
+    """What a finite-number check accepts, in the words every message uses:
+    ``a finite number > 0 and <= 1e+06``."""
     parts = []
     if low is not None:
         parts.append(f"{'>' if low_open else '>='} {low:g}")
     if high is not None:
-        parts.append(f"<= {high:g}")
-    return (" " + " and ".join(parts)) if parts else ""
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    return "a finite number" + (" " + " and ".join(parts) if parts else "")
 
 
 # ---------------------------------------------------------------------------------------

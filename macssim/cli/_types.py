@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from macssim._validate import finite_range_text
+
 __all__ = ["FiniteFloat"]
 
 
@@ -26,12 +28,8 @@ class FiniteFloat(click.ParamType):
         self.low_open, self.high_open = low_open, high_open
 
     def expected(self) -> str:
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        return "a finite number" + (" " + " and ".join(parts) if parts else "")
+        return finite_range_text(self.low, self.high, low_open=self.low_open,
+                                 high_open=self.high_open)
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return "FLOAT"

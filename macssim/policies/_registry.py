@@ -10,7 +10,13 @@ from typing import Any
 import torch
 
 from macssim._errors import PolicyError
-from macssim._validate import Limits, brief, check_choice, check_number
+from macssim._validate import (
+    Limits,
+    brief,
+    check_choice,
+    check_number,
+    finite_range_text,
+)
 from macssim.policies._plan import DispatchPlan
 from macssim.policies.expanded_drop import expanded_drop
 from macssim.policies.macs import MacsParams, macs
@@ -51,12 +57,7 @@ class ParamSpec:
         """In the words of the error messages: ``a finite number > 0 and <= 1e+06``."""
         if self.choices:
             return f"one of {list(self.choices)}"
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            parts.append(f"<= {self.high:g}")
-        return "a finite number" + (" " + " and ".join(parts) if parts else "")
+        return finite_range_text(self.low, self.high, low_open=self.low_open)
 
     def check(self, value: Any, where: str, name: str) -> Any:
         if self.choices:
