@@ -116,6 +116,9 @@ def main():
                         help="comma-separated presets for the prefill benchmark")
     parser.add_argument("--flow-end-rtol", type=float, default=0.0,
                         help="SimOptions.flow_end_rtol (0 = exact max-min fluid)")
+    parser.add_argument("--alltoall", default=None,
+                        help="SimOptions.alltoall: nccl, deepep-normal, deepep-ll, ideal "
+                        "(default: the topology's)")
     parser.add_argument("--skip-trace", action="store_true", help="skip the default-trace run")
     parser.add_argument("--validate", action="store_true",
                         help="print the docs/validation.md table instead")
@@ -125,7 +128,7 @@ def main():
 
         print(validation_markdown(), end="")
         return
-    options = SimOptions(flow_end_rtol=args.flow_end_rtol)
+    options = SimOptions(flow_end_rtol=args.flow_end_rtol, alltoall=args.alltoall)
     for topology in args.topologies.split(","):
         bench_prefill(topology.strip(), options)
     if not args.skip_trace:

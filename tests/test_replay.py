@@ -212,6 +212,7 @@ def test_cli_cuda_without_cuda_is_a_usage_error(small_trace, tmp_path, monkeypat
     (dict(max_steps=0), '"max_steps" must be an integer >= 1'),
     (dict(seed=-1), '"seed" must be an integer >= 0'),
     (dict(network_rtol=1.0), '"network_rtol" must be a finite number >= 0 and < 1'),
+    (dict(alltoall="mpi"), '"alltoall" must be one of nccl, deepep-normal'),
 ])
 def test_library_config_is_validated(small_trace, over, says):
     from macssim import MacssimError
@@ -240,3 +241,30 @@ def test_an_id_only_trace_replays_with_policies_that_need_no_scores(small_trace,
     assert (res.layers[res.layers.policy == "vanilla"].dropped_assignments == 0).all()
     with pytest.raises(PolicyError, match="needs router scores"):
         replay(config(ids_only, policies=("expanded-drop",)))
+
+
+@pytest.mark.parametrize("engine", ["nccl", "deepep-normal", "deepep-ll", "ideal"])
+def test_each_alltoall_engine_replays_on_two_nodes(small_trace, engine):
+    res = replay(config(small_trace, policies=("token-drop",), topology="16xH100",
+                        max_steps=2, alltoall=engine))
+    assert res.config.alltoall == engine
+    assert res.config.to_dict()["alltoall"] == engine
+    layers = res.layers
+    assert np.isfinite(layers[["moe_latency_s", "straggler_delay_s", "layer_latency_s"]]
+                       .to_numpy()).all()
+    assert (layers.moe_latency_s > 0).all()
+    straggler_within_moe_layer(layers, 16)
+    assert np.isfinite(res.steps.step_latency_s).all()
+
+
+def test_alltoall_defaults_to_the_topology_and_is_recorded(result, small_trace, tmp_path):
+    assert result.config.alltoall == "nccl"  # 8xH100 sets none: nccl
+    res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--policy",
+                                    "token-drop", "--out", str(tmp_path / "r"), "--steps", "1",
+                                    "--alltoall", "deepep-ll"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["config"]["alltoall"] == "deepep-ll"
+    bad = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--alltoall", "mpi",
+                                    "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "--alltoall" in bad.output

@@ -122,9 +122,13 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
               show_default=True, help="0: exact max-min link sharing. > 0: flows ending within "
               "this fraction of each other end together; 0.02 makes 64-GPU steps ~3x faster "
               "for ~1 % latency change.")
+@click.option("--alltoall", type=click.Choice(["nccl", "deepep-normal", "deepep-ll", "ideal"]),
+              default=None, help="All-to-all engine for dispatch and combine, overriding the "
+              "topology's (default: the topology's alltoall field, nccl when absent); "
+              "docs/cluster.md.")
 @click.option("--list", "list_only", is_flag=True, help="List policies and topology presets.")
 def command(trace_path, policies, topology, gamma, params, max_steps, calibration_trace,
-            out_dir, force, seed, device, network_rtol, list_only) -> None:
+            out_dir, force, seed, device, network_rtol, alltoall, list_only) -> None:
     """Replay a routing trace through a simulated expert-parallel cluster under each
     policy and measure the straggler delay each leaves.
 
@@ -156,7 +160,7 @@ def command(trace_path, policies, topology, gamma, params, max_steps, calibratio
     config = ReplayConfig(trace=trace_path, policies=names, topology=topology,
                           capacity_factor=gamma, policy_params=_parse_params(params),
                           max_steps=max_steps, calibration_trace=calibration_trace, seed=seed,
-                          device=device, network_rtol=network_rtol)
+                          device=device, network_rtol=network_rtol, alltoall=alltoall)
     out_dir = out_dir or _default_out(trace_path, topology, gamma)
     with library_errors():
         bar = tqdm(total=0, unit="step", desc="replay", disable=None, file=sys.stderr)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from macssim._errors import MacssimError
+from macssim.cluster._engines import TokenCounts
 from macssim.placement import Placement
 
 __all__ = ["LayerRouting", "LayerLoad", "ExpertMap", "layer_load"]
@@ -108,10 +109,12 @@ class LayerLoad:
     local_tokens: np.ndarray
     kept: int
     dropped: int
+    counts: TokenCounts | None = None
+    """Token counts the all-to-all engines build their legs from (``_engines``)."""
 
 
 def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
-               token_bytes: float, where: str) -> LayerLoad:
+               token_bytes: float, where: str, gpus_per_node: int | None = None) -> LayerLoad:
     """Work and traffic of one layer; ``where`` names the layer in error messages."""
     num_tokens = token_gpu.shape[0]
     if routing.expert_ids.shape[0] != num_tokens:
@@ -146,9 +149,21 @@ def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
     pairs = np.bincount(token_gpu[key // num_gpus] * num_gpus + key % num_gpus,
                         minlength=num_gpus * num_gpus).reshape(num_gpus, num_gpus)
     local = np.diagonal(pairs).astype(np.int64)
+    gpn = gpus_per_node or num_gpus
+    nodes = num_gpus // gpn
+    src_gpu = token_gpu[t_idx] if t_idx.size else np.zeros(0, np.int64)
+    assignment_pairs = np.bincount(src_gpu * num_gpus + gpu, minlength=num_gpus * num_gpus
+                                   ).reshape(num_gpus, num_gpus)
+    node_needs = np.zeros(num_tokens * nodes, dtype=bool)
+    node_needs[(key // num_gpus) * nodes + (key % num_gpus) // gpn] = True
+    nkey = np.flatnonzero(node_needs)
+    node_tokens = np.bincount(token_gpu[nkey // nodes] * nodes + nkey % nodes,
+                              minlength=num_gpus * nodes).reshape(num_gpus, nodes)
+    counts = TokenCounts(pair_tokens=pairs, assignment_pairs=assignment_pairs,
+                         node_tokens=node_tokens)
     dispatch = pairs.astype(np.float64) * float(token_bytes)
     np.fill_diagonal(dispatch, 0.0)
     return LayerLoad(assignments=assignments, active_experts=active,
                      rows_per_slot=rows_per_slot, dispatch_bytes=dispatch,
                      local_tokens=local, kept=int(expert.size),
-                     dropped=int(routing.kept.size - expert.size))
+                     dropped=int(routing.kept.size - expert.size), counts=counts)

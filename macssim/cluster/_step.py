@@ -25,7 +25,7 @@ import simpy
 
 from macssim._errors import MacssimError, TopologyError
 from macssim.cluster import _compute as compute
-from macssim.cluster._alltoall import AllToAll
+from macssim.cluster._engines import ENGINES, AllToAllSpec, Collective, build_legs
 from macssim.cluster._flows import FlowNetwork
 from macssim.cluster._load import ExpertMap, LayerLoad, LayerRouting, layer_load
 from macssim.cluster._records import PHASE_DTYPE, GpuLayerRecord, LayerRecord, StepResult
@@ -57,13 +57,28 @@ class SimOptions:
     delivery time stays exact), which bounds the work on big clusters (see
     ``FlowNetwork``). Measured on 64xH100: 0.02 runs a prefill step ~3× faster and moves
     its latency by ~1 %."""
+    alltoall: str | None = None
+    """The all-to-all engine (``nccl``, ``deepep-normal``, ``deepep-ll``, ``ideal``);
+    None: the topology's (its YAML field ``alltoall``, default ``nccl``)."""
 
     def __post_init__(self) -> None:
+        if self.alltoall is not None and self.alltoall not in ENGINES:
+            raise MacssimError(f'SimOptions: "alltoall" must be one of {", ".join(ENGINES)}, '
+                               f"got {self.alltoall!r}")
         if not self.router_s >= 0:
             raise MacssimError(f'SimOptions: "router_s" must be >= 0, got {self.router_s!r}')
         if not 0 <= self.flow_end_rtol < 1:
             raise MacssimError(f'SimOptions: "flow_end_rtol" must lie in [0, 1), got '
                                f"{self.flow_end_rtol!r}")
+
+
+def alltoall_spec(topo: Topology, options: SimOptions) -> AllToAllSpec:
+    """The engine a step runs: ``options.alltoall`` over the topology's, keeping the
+    topology's parameters when the engine is the same."""
+    spec = topo.alltoall
+    if options.alltoall is None or options.alltoall == spec.engine:
+        return spec
+    return AllToAllSpec(engine=options.alltoall, fp8_dispatch=spec.fp8_dispatch)
 
 
 @dataclass(frozen=True)
@@ -112,7 +127,8 @@ def simulate_step(topo: Topology, model: ModelFacts, placement: Placement, step_
     plan = _plan(topo, model, placement, step_kind, token_gpu, position, modality, layers,
                  request_id, options)
     env = simpy.Environment()
-    run = _StepRun(env, topo, plan, options)
+    run = _StepRun(env, topo, plan, options, model.hidden_size,
+                   float(model.hidden_size * model.bytes_per_element))
     run.start()
     env.run()
     return run.result(step_index, step_kind, num_tokens=int(token_gpu.size))
@@ -192,7 +208,8 @@ def _plan(topo: Topology, model: ModelFacts, placement: Placement, step_kind: st
             if options.include_head else np.zeros(num_gpus))
     experts = ExpertMap.from_placement(placement)
     token_bytes = model.hidden_size * model.bytes_per_element
-    loads = tuple(layer_load(routing, token_gpu, experts, token_bytes, where=f"MoE layer {i}")
+    loads = tuple(layer_load(routing, token_gpu, experts, token_bytes, where=f"MoE layer {i}",
+                             gpus_per_node=topo.gpus_per_node)
                   for i, routing in enumerate(layers))
     # Every layer's [G, S] rows per expert slot, costed in one call: [L·G, S] -> [L, G].
     rows = np.concatenate([ld.rows_per_slot for ld in loads])
@@ -208,8 +225,8 @@ def _plan(topo: Topology, model: ModelFacts, placement: Placement, step_kind: st
 class _LayerSim:
     """One MoE layer's SimPy objects: its two collectives and its barrier."""
 
-    dispatch: AllToAll
-    combine: AllToAll
+    dispatch: Collective
+    combine: Collective
     arrivals: list[simpy.Event]
     barrier: simpy.Event
     arrival_s: list[float]
@@ -225,12 +242,15 @@ class _StepRun:
     """
 
     def __init__(self, env: simpy.Environment, topo: Topology, plan: _Plan,
-                 options: SimOptions) -> None:
+                 options: SimOptions, hidden_size: int, token_bytes: float) -> None:
         self.env, self.topo, self.plan = env, topo, plan
         self.routes = topo.routes
         self.network = FlowNetwork(env, self.routes.capacity_bytes_per_s,
                                    end_rtol=options.flow_end_rtol)
         self.log: list[tuple[int, int, int, float, float]] = []
+        self.alltoall = alltoall_spec(topo, options)
+        self.hidden_size = hidden_size
+        self.token_bytes = token_bytes
         # Plain-float copies: a process reads a handful of scalars per phase.
         self.dense_s = plan.dense_before_s.tolist()
         self.experts_s = plan.experts_s.tolist()
@@ -247,10 +267,13 @@ class _StepRun:
         return arrivals, self.env.all_of(arrivals)
 
     def _layer_sim(self, load: LayerLoad) -> _LayerSim:
-        dispatch = AllToAll(self.env, self.network, self.routes, load.dispatch_bytes,
-                            wait_for_incoming=True)
-        combine = AllToAll(self.env, self.network, self.routes, load.dispatch_bytes.T,
-                           wait_for_incoming=False)
+        topo = self.topo
+        dispatch, combine = (
+            Collective(self.env, self.network, self.routes,
+                       build_legs(self.alltoall, topo.num_gpus, topo.gpus_per_node, load.counts,
+                                  self.token_bytes, phase, hidden_size=self.hidden_size),
+                       topo.num_gpus)
+            for phase in ("dispatch", "combine"))
         arrivals, barrier = self._barrier()
         layer = _LayerSim(dispatch, combine, arrivals, barrier, [0.0] * self.topo.num_gpus)
         barrier.callbacks.append(lambda _e: setattr(layer, "end_s", self.env.now))
@@ -296,7 +319,7 @@ class _StepRun:
             yield self.env.timeout(duration_s)
         self.log.append((layer, g, phase, start, self.env.now))
 
-    def _communicate(self, layer: int, g: int, phase: int, collective: AllToAll
+    def _communicate(self, layer: int, g: int, phase: int, collective: Collective
                      ) -> Generator[simpy.Event, Any, None]:
         start = self.env.now
         done = collective.join(g)

@@ -34,6 +34,7 @@ from macssim._validate import (
     load_yaml,
     mapping,
 )
+from macssim.cluster._engines import AllToAllSpec, parse_alltoall
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -132,8 +133,13 @@ class Topology:
     """Required when ``nodes > 1``."""
     source: str = ""
     """File the topology was read from ("" when built in code)."""
+    alltoall: AllToAllSpec = AllToAllSpec()
+    """The all-to-all engine dispatch and combine run as (``nccl``, ``deepep-normal``,
+    ``deepep-ll``, ``ideal``; see ``_engines``); an engine name is accepted too."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "alltoall",
+                           parse_alltoall(self.alltoall, self.source or f"topology {self.name!r}"))
         _check_topology(self)
 
     @property
@@ -264,14 +270,15 @@ def _check_topology(t: Topology) -> None:
 # YAML loading
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
-    "": ("name", "nodes", "gpus_per_node", "gpu", "nvlink", "nic", "switch"),
+    "": ("name", "nodes", "gpus_per_node", "gpu", "nvlink", "nic", "switch", "alltoall"),
     "gpu": ("kind", "bf16_flops_per_s", "hbm_bytes_per_s", "memory_bytes",
             "compute_efficiency", "memory_efficiency"),
     "nvlink": ("bw_bytes_per_s", "latency_s", "efficiency"),
     "nic": ("per_node", "rate_bytes_per_s", "latency_s", "efficiency"),
     "switch": ("latency_s", "non_blocking", "fabric_bw_bytes_per_s"),
 }
-_OPTIONAL = {"name", "nic", "switch", "switch.non_blocking", "switch.fabric_bw_bytes_per_s"}
+_OPTIONAL = {"name", "nic", "switch", "alltoall", "switch.non_blocking",
+             "switch.fabric_bw_bytes_per_s"}
 
 
 class _Reader:
@@ -329,6 +336,7 @@ def _parse(data: Any, where: str, default_name: str) -> Topology:
         nodes=top.raw("nodes"),
         gpus_per_node=top.raw("gpus_per_node"),
         nvlink=nvlink, nic=nic, switch=switch, source=where,
+        alltoall=parse_alltoall(top.raw("alltoall"), where),
     )
 
 

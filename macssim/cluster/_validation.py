@@ -12,17 +12,22 @@ benchmark and reports the bandwidth the way that benchmark computes it:
   "bottleneck bandwidth" is *logical*: intranode, bytes a rank receives including its own
   tokens; internode, one copy per (token, node) pair including the local node.
 
+Each row is computed twice: with the ``ideal`` engine (macssim before engines: one flow per
+GPU pair at the calibrated capacity) and with the engine the benchmark ran (``nccl``,
+``deepep-normal``).
+
 Running it: ``python benchmarks/bench_cluster.py --validate`` (or ``validation_markdown()``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import simpy
 
-from macssim.cluster._alltoall import AllToAll
+from macssim.cluster._engines import AllToAllSpec, Collective, TokenCounts, build_legs
 from macssim.cluster._flows import FlowNetwork
 from macssim.cluster._topology import Topology, load_topology
 
@@ -40,24 +45,43 @@ class ValidationRow:
     benchmark: str
     message: str
     published_gb_per_s: float
+    ideal_gb_per_s: float
+    """The prediction of the ``ideal`` engine (per-GPU-pair flows, no engine model)."""
     predicted_gb_per_s: float
+    """The prediction of ``engine``."""
+    engine: str
     note: str
 
     @property
     def relative_error(self) -> float:
         return self.predicted_gb_per_s / self.published_gb_per_s - 1.0
 
+    @property
+    def ideal_relative_error(self) -> float:
+        return self.ideal_gb_per_s / self.published_gb_per_s - 1.0
 
-def _alltoall_done_s(topo: Topology, matrix: np.ndarray, *, wait_for_incoming: bool = True
-                     ) -> np.ndarray:
-    """[G] time each GPU finishes one all-to-all started by every GPU at t = 0."""
+
+def _collective_done_s(topo: Topology, spec: AllToAllSpec, counts: TokenCounts,
+                       token_bytes: float, phase: str, hidden_size: int | None = None,
+                       receivers_wait: bool = False) -> np.ndarray:
+    """[G] time each GPU finishes one collective joined by every GPU at t = 0.
+
+    ``receivers_wait``: every leg's receiving GPU waits for it too (a DeepEP combine kernel
+    returns when its rank has received its results; the step model ends a GPU's combine
+    at its own sends and leaves receives to the barrier)."""
     env = simpy.Environment()
     net = FlowNetwork(env, topo.routes.capacity_bytes_per_s)
-    a2a = AllToAll(env, net, topo.routes, matrix, wait_for_incoming=wait_for_incoming)
+    legs = build_legs(spec, topo.num_gpus, topo.gpus_per_node, counts, token_bytes, phase,
+                      hidden_size=hidden_size)
+    if receivers_wait:
+        legs = dataclasses.replace(legs, waiters=tuple(
+            w if b in w else (*w, b) for w, b in zip(legs.waiters, legs.dst.tolist(),
+                                                      strict=True)))
+    coll = Collective(env, net, topo.routes, legs, topo.num_gpus)
     done = np.zeros(topo.num_gpus)
 
     def gpu(g: int):
-        yield a2a.join(g)
+        yield coll.join(g)
         done[g] = env.now
 
     for g in range(topo.num_gpus):
@@ -66,38 +90,40 @@ def _alltoall_done_s(topo: Topology, matrix: np.ndarray, *, wait_for_incoming: b
     return done
 
 
-def nccl_busbw_gb_per_s(topo: Topology, bytes_per_rank: float) -> float:
+def _uniform_done_s(topo: Topology, bytes_per_rank: float, engine: str) -> float:
+    num_gpus = topo.num_gpus
+    pair = np.full((num_gpus, num_gpus), bytes_per_rank / num_gpus)
+    counts = TokenCounts(pair_tokens=pair, assignment_pairs=pair,
+                         node_tokens=np.zeros((num_gpus, topo.nodes)))
+    return float(_collective_done_s(topo, AllToAllSpec(engine), counts, 1.0, "dispatch").max())
+
+
+def nccl_busbw_gb_per_s(topo: Topology, bytes_per_rank: float, engine: str = "nccl") -> float:
     """nccl-tests alltoall bus bandwidth for a send buffer of ``bytes_per_rank``."""
     num_gpus = topo.num_gpus
-    matrix = np.full((num_gpus, num_gpus), bytes_per_rank / num_gpus)
-    t = float(_alltoall_done_s(topo, matrix).max())
+    t = _uniform_done_s(topo, bytes_per_rank, engine)
     return bytes_per_rank / t * (num_gpus - 1) / num_gpus / 1e9
 
 
-def nccl_nic_gb_per_s(topo: Topology, bytes_per_rank: float) -> float:
+def nccl_nic_gb_per_s(topo: Topology, bytes_per_rank: float, engine: str = "nccl") -> float:
     """Bytes crossing one NIC per second during a multi-node nccl-tests alltoall."""
     num_gpus = topo.num_gpus
-    matrix = np.full((num_gpus, num_gpus), bytes_per_rank / num_gpus)
-    t = float(_alltoall_done_s(topo, matrix).max())
+    t = _uniform_done_s(topo, bytes_per_rank, engine)
     remote = num_gpus - topo.gpus_per_node
     return remote * bytes_per_rank / num_gpus / t / 1e9
 
 
 def _deepep_routing(topo: Topology, seed: int, tokens_per_rank: int = 4096,
-                    num_experts: int = 256, top_k: int = 8) -> tuple[np.ndarray, np.ndarray]:
+                    num_experts: int = 256, top_k: int = 8) -> TokenCounts:
     """DeepEP's test routing: random scores, top-min(nodes, 4) node groups, then top-k
-    experts inside them.
-
-    Returns:
-        tokens: [G, G] int64, tokens rank s sends to rank d (diagonal: kept on s).
-        node_pairs: [G] int64, (token, node) pairs of each rank, local node included.
-    """
+    experts inside them; the (token, GPU), (token, expert) and (token, node) counts."""
     rng = np.random.default_rng(seed)
     num_gpus, nodes = topo.num_gpus, topo.nodes
     per_gpu, per_node = num_experts // num_gpus, num_experts // nodes
     groups = min(nodes, 4)
     tokens = np.zeros((num_gpus, num_gpus), dtype=np.int64)
-    node_pairs = np.zeros(num_gpus, dtype=np.int64)
+    assignments = np.zeros((num_gpus, num_gpus), dtype=np.int64)
+    node_tokens = np.zeros((num_gpus, nodes), dtype=np.int64)
     for src in range(num_gpus):
         scores = np.abs(rng.standard_normal((tokens_per_rank, num_experts))) + 1.0
         if groups < nodes:
@@ -110,26 +136,36 @@ def _deepep_routing(topo: Topology, seed: int, tokens_per_rank: int = 4096,
         needs = np.zeros((tokens_per_rank, num_gpus), dtype=bool)
         np.put_along_axis(needs, experts // per_gpu, True, axis=1)
         tokens[src] = needs.sum(axis=0)
+        assignments[src] = np.bincount((experts // per_gpu).ravel(), minlength=num_gpus)
         hit = np.zeros((tokens_per_rank, nodes), dtype=bool)
         np.put_along_axis(hit, experts // per_node, True, axis=1)
-        node_pairs[src] = hit.sum()
-    return tokens, node_pairs
+        node_tokens[src] = hit.sum(axis=0)
+    return TokenCounts(pair_tokens=tokens, assignment_pairs=assignments,
+                       node_tokens=node_tokens)
 
 
-def deepep_gb_per_s(topo: Topology, seed: int = 0) -> tuple[float, float]:
+def deepep_gb_per_s(topo: Topology, seed: int = 0, engine: str = "deepep-normal"
+                    ) -> tuple[float, float]:
     """(dispatch, combine) logical bandwidth per rank, as DeepEP's tests compute it: bytes
-    over each rank's kernel time (here: until the rank has sent and received), averaged."""
-    tokens, node_pairs = _deepep_routing(topo, seed)
+    over each rank's kernel time (here: until the rank is done with the collective),
+    averaged over ranks. FP8 dispatch, BF16 combine."""
+    counts = _deepep_routing(topo, seed)
+    spec = AllToAllSpec(engine)
     result = []
-    for token_bytes, transpose in ((_FP8_TOKEN_BYTES, False), (_BF16_TOKEN_BYTES, True)):
-        matrix = tokens.astype(np.float64) * token_bytes
-        done = _alltoall_done_s(topo, matrix.T if transpose else matrix)
+    for token_bytes, phase in ((_FP8_TOKEN_BYTES, "dispatch"), (_BF16_TOKEN_BYTES, "combine")):
+        done = _collective_done_s(topo, spec, counts, token_bytes, phase, receivers_wait=True)
         if topo.nodes == 1:
-            logical = tokens.sum(axis=0) * token_bytes             # received, incl. own
+            logical = counts.pair_tokens.sum(axis=0) * token_bytes     # received, incl. own
         else:
-            logical = node_pairs * token_bytes                     # one copy per node
+            logical = counts.node_tokens.sum(axis=1) * token_bytes     # one copy per node
         result.append(float(np.mean(logical / done)) / 1e9)
     return result[0], result[1]
+
+
+_NCCL_TABLE = ((8 << 20, 177.8), (128 << 20, 290.6), (512 << 20, 317.4))
+"""NVIDIA's measured 8-rank NCCL 2.27.3 all-to-all on H100 SXM (aiconfigurator-core
+0.12.0, h100_sxm/comm/nccl/2.27.3/nccl_perf.parquet): bus bandwidth at 8, 128 and 512 MiB
+per rank, half and int8 rows averaged. The NCCL fit was made on these rows: calibration."""
 
 
 def validation_rows(*, large: bool = True) -> list[ValidationRow]:
@@ -140,20 +176,31 @@ def validation_rows(*, large: bool = True) -> list[ValidationRow]:
         for size in (1 * _GIB, 8 * _GIB):
             rows.append(ValidationRow(
                 preset, "nccl-tests alltoall busbw (NVLink 4)", f"{size // _GIB} GiB/rank",
-                370.0, nccl_busbw_gb_per_s(topo, size),
-                "calibration: NVLink efficiency = 370/450" if preset == "8xH100" else
+                370.0, nccl_busbw_gb_per_s(topo, size, "ideal"),
+                nccl_busbw_gb_per_s(topo, size, "nccl"), "nccl",
+                "ideal: calibration (NVLink efficiency = 370/450)" if preset == "8xH100" else
                 "same NVLink 4 and efficiency as 8xH100"))
+    h100 = load_topology("8xH100")
+    for size, busbw in _NCCL_TABLE:
+        rows.append(ValidationRow(
+            "8xH100", "NCCL 2.27 alltoall busbw, measured (aiconfigurator)",
+            f"{size >> 20} MiB/rank", busbw, nccl_busbw_gb_per_s(h100, size, "ideal"),
+            nccl_busbw_gb_per_s(h100, size, "nccl"), "nccl", "nccl: calibration (fit)"))
     h800 = load_topology("8xH800")
-    dispatch, combine = deepep_gb_per_s(h800)
+    ideal = deepep_gb_per_s(h800, engine="ideal")
+    new = deepep_gb_per_s(h800)
     rows += [
         ValidationRow("8xH800", "DeepEP normal dispatch EP8 (NVL, logical)",
-                      "4096 tok × 7168, FP8", 153.0, dispatch, "independent"),
+                      "4096 tok × 7168, FP8", 153.0, ideal[0], new[0], "deepep-normal",
+                      "deepep-normal: calibration (SM budget)"),
         ValidationRow("8xH800", "DeepEP normal combine EP8 (NVL, logical)",
-                      "4096 tok × 7168, BF16", 158.0, combine, "independent"),
+                      "4096 tok × 7168, BF16", 158.0, ideal[1], new[1], "deepep-normal",
+                      "deepep-normal: calibration (SM budget)"),
     ]
     topo16 = load_topology("16xH100")
     rows.append(ValidationRow("16xH100", "nccl-tests alltoall, bytes per NIC (CX-7 NDR)",
-                              "1 GiB/rank", 48.5, nccl_nic_gb_per_s(topo16, _GIB),
+                              "1 GiB/rank", 48.5, nccl_nic_gb_per_s(topo16, _GIB, "ideal"),
+                              nccl_nic_gb_per_s(topo16, _GIB, "nccl"), "nccl",
                               "calibration: NIC efficiency = 48.5/50"))
     published = {2: (43.0, 43.0), 4: (58.0, 57.0), 8: (51.0, 50.0)}
     cases = [("16xH100", topo16, 2), ("8xH800 ×2 nodes", h800.with_nodes(2), 2)]
@@ -162,24 +209,28 @@ def validation_rows(*, large: bool = True) -> list[ValidationRow]:
                   ("64xH100", load_topology("64xH100"), 8),
                   ("8xH800 ×8 nodes", h800.with_nodes(8), 8)]
     for name, topo, nodes in cases:
-        dispatch, combine = deepep_gb_per_s(topo)
+        ideal = deepep_gb_per_s(topo, engine="ideal")
+        new = deepep_gb_per_s(topo)
         ep = nodes * 8
         note = "independent" if "H800" in name else "independent; published on H800 (same CX-7)"
         rows += [
             ValidationRow(name, f"DeepEP normal dispatch EP{ep} (RDMA, logical)",
-                          "4096 tok × 7168, FP8", published[nodes][0], dispatch, note),
+                          "4096 tok × 7168, FP8", published[nodes][0], ideal[0], new[0],
+                          "deepep-normal", note),
             ValidationRow(name, f"DeepEP normal combine EP{ep} (RDMA, logical)",
-                          "4096 tok × 7168, BF16", published[nodes][1], combine, note),
+                          "4096 tok × 7168, BF16", published[nodes][1], ideal[1], new[1],
+                          "deepep-normal", note),
         ]
     return rows
 
 
 def validation_markdown(rows: list[ValidationRow] | None = None) -> str:
     rows = validation_rows() if rows is None else rows
-    lines = ["| topology | benchmark | message | published GB/s | predicted GB/s | "
-             "relative error | how the figure relates to the model |",
-             "|---|---|---|---:|---:|---:|---|"]
+    lines = ["| topology | benchmark | message | published GB/s | ideal GB/s | ideal error | "
+             "engine | engine GB/s | engine error | how the figure relates to the model |",
+             "|---|---|---|---:|---:|---:|---|---:|---:|---|"]
     lines += [f"| {r.preset} | {r.benchmark} | {r.message} | {r.published_gb_per_s:.1f} | "
+              f"{r.ideal_gb_per_s:.1f} | {r.ideal_relative_error:+.1%} | {r.engine} | "
               f"{r.predicted_gb_per_s:.1f} | {r.relative_error:+.1%} | {r.note} |"
               for r in rows]
     return "\n".join(lines) + "\n"

@@ -23,6 +23,8 @@ from macssim.cluster import (
     load_topology,
     simulate_step,
 )
+from macssim.cluster._engines import ENGINES
+from macssim.cluster._step import alltoall_spec
 from macssim.placement import contiguous_placement
 from macssim.policies import DropStats, Policy, expert_labels_from_trace, get_policy
 from macssim.trace import MODALITIES, ModelFacts, Step, open_trace
@@ -58,6 +60,9 @@ class ReplayConfig:
     network_rtol: float = 0.0
     """``SimOptions.flow_end_rtol``: 0 is exact max-min; 0.02 runs 64-GPU steps ~3x faster
     and moves latency by ~1 %."""
+    alltoall: str | None = None
+    """All-to-all engine (``nccl``, ``deepep-normal``, ``deepep-ll``, ``ideal``); None: the
+    topology's. ``replay`` records the engine that ran in the config it returns."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -116,6 +121,9 @@ def _check_config(config: ReplayConfig) -> None:
     if rtol >= 1.0:
         raise MacssimError(f'{where}: "network_rtol" must be a finite number >= 0 and < 1, '
                            f"got {rtol!r}")
+    if config.alltoall is not None and config.alltoall not in ENGINES:
+        raise MacssimError(f'{where}: "alltoall" must be one of {", ".join(ENGINES)}, got '
+                           f"{brief(config.alltoall)}")
 
 
 def _device(name: object) -> torch.device:
@@ -224,7 +232,8 @@ def replay(config: ReplayConfig,
     gpu_load = {name: np.zeros((model.num_moe_layers, topology.num_gpus), dtype=np.int64)
                 for name in policies}
     chrome: dict[str, dict[str, Any]] = {}
-    options = SimOptions(flow_end_rtol=config.network_rtol)
+    options = SimOptions(flow_end_rtol=config.network_rtol, alltoall=config.alltoall)
+    config = dataclasses.replace(config, alltoall=alltoall_spec(topology, options).engine)
     # One assigner for the whole trace: a request keeps the GPU that holds its KV cache.
     assigner = RequestAssigner(topology.num_gpus)
     for step in trace:

@@ -11,6 +11,7 @@ import pytest
 
 from macssim import MacssimError, TopologyError
 from macssim.cluster import LayerRouting, SimOptions, simulate_step
+from macssim.cluster._engines import DEEPEP_FIXED_S, DEEPEP_NVLINK_EFFICIENCY, NCCL_FIT
 from macssim.placement import Placement, contiguous_placement
 
 NO_EXTRAS = SimOptions(router_s=0.0, include_head=False)
@@ -102,15 +103,22 @@ def test_straggler_delay_counts_the_moe_layer_only(topo4, tiny_model):
         assert 0 <= layer.straggler_delay_s <= layer.moe_latency_s
 
 
-def test_symmetric_all_to_all_has_no_straggler_and_the_alpha_beta_time(topo4, tiny_model):
+@pytest.mark.parametrize("engine", ["ideal", "nccl", "deepep-normal", "deepep-ll"])
+def test_symmetric_all_to_all_has_no_straggler_and_the_alpha_beta_time(topo4, tiny_model,
+                                                                        engine):
     model = dataclasses.replace(tiny_model, top_k=4)
     n = 32
     token_gpu = np.repeat(np.arange(4), n)
     ids = np.tile([0, 2, 4, 6], (4 * n, 1))  # one expert on every GPU
-    result = run(topo4, model, ids, np.ones_like(ids, bool), token_gpu)
+    result = run(topo4, model, ids, np.ones_like(ids, bool), token_gpu,
+                 options=dataclasses.replace(NO_EXTRAS, alltoall=engine))
     m = n * model.hidden_size * 2                                  # bytes per GPU pair
     bw = topo4.nvlink.bw_bytes_per_s * topo4.nvlink.efficiency
-    a2a = topo4.nvlink.latency_s + 3 * m / bw
+    # one expert per GPU: deepep-ll's per-(token, expert) copies equal the per-GPU ones
+    eff = {"ideal": 1.0, "deepep-ll": 1.0, "deepep-normal": DEEPEP_NVLINK_EFFICIENCY,
+           "nccl": 1.0 / (1.0 + (NCCL_FIT.m_half / m) ** NCCL_FIT.p)}[engine]
+    fixed = DEEPEP_FIXED_S if engine == "deepep-normal" else 0.0
+    a2a = fixed + topo4.nvlink.latency_s + 3 * m / (bw * eff)
     for layer in result.layers:
         assert layer.straggler_delay_s == pytest.approx(0.0, abs=1e-15)
         assert layer.dispatch_bytes == 4 * 3 * m
