@@ -86,7 +86,7 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
 @click.command("replay")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Trace to replay (format v1). Default: the bundled "
-              "traces/default.mtrace (Qwen3-VL-30B-A3B, image-heavy, synthetic).")
+              "default trace (Qwen3-VL-30B-A3B, image-heavy, synthetic; in macssim/data/traces/).")
 @click.option("--policy", "policies", default=DEFAULT_POLICIES, show_default=True,
               callback=_check_policy_names,
               help="Policies to replay side by side, comma-separated: vanilla, token-drop, "
