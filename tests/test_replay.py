@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from macssim import PolicyError, TopologyError, TraceError
+from macssim import MacssimError, PolicyError, TopologyError, TraceError
 from macssim.cli import main
 from macssim.replay import ReplayConfig, replay
 from macssim.report import write_report
@@ -268,3 +268,27 @@ def test_alltoall_defaults_to_the_topology_and_is_recorded(result, small_trace, 
     bad = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--alltoall", "mpi",
                                     "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2 and "--alltoall" in bad.output
+
+
+def test_fp8_experts_replay_is_faster_and_recorded(result, small_trace, tmp_path):
+    """--precision fp8-experts on 8xH100 completes; its MoE latency is below bf16's (the
+    module's bf16 replay of the same trace), and run.json records the preset."""
+    assert result.config.precision == "bf16"
+    out = tmp_path / "fp8"
+    res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--policy",
+                                    "vanilla", "--out", str(out), "--precision",
+                                    "fp8-experts"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["precision"] == "fp8-experts"
+    fp8 = replay(config(small_trace, policies=("vanilla",), precision="fp8-experts"))
+    for policy in ("vanilla", "token-drop"):
+        ours = fp8.layers[fp8.layers.policy == policy]
+        theirs = result.layers[result.layers.policy == policy]
+        assert ours.moe_latency_s.mean() < theirs.moe_latency_s.mean()
+        assert ours.dispatch_bytes.sum() < theirs.dispatch_bytes.sum()
+    with pytest.raises(MacssimError, match='"precision" must be one of bf16, fp8-experts, fp8'):
+        replay(config(small_trace, precision="fp4"))
+    bad = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--precision",
+                                    "fp4", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "--precision" in bad.output

@@ -126,9 +126,15 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
               default=None, help="All-to-all engine for dispatch and combine, overriding the "
               "topology's (default: the topology's alltoall field, nccl when absent); "
               "docs/cluster.md.")
+@click.option("--precision", type=click.Choice(["bf16", "fp8-experts", "fp8"]), default="bf16",
+              show_default=True, help="Compute and dispatch precision: bf16 (every phase "
+              "BF16); fp8-experts (routed and shared experts at the FP8 peak with 1-byte "
+              "weights, FP8 dispatch, BF16 combine); fp8 (also attention projections, dense "
+              "MLP and LM head in FP8). FP8 needs the topology's gpu.fp8_flops_per_s; "
+              "docs/cluster.md.")
 @click.option("--list", "list_only", is_flag=True, help="List policies and topology presets.")
 def command(trace_path, policies, topology, gamma, params, max_steps, calibration_trace,
-            out_dir, force, seed, device, network_rtol, alltoall, list_only) -> None:
+            out_dir, force, seed, device, network_rtol, alltoall, precision, list_only) -> None:
     """Replay a routing trace through a simulated expert-parallel cluster under each
     policy and measure the straggler delay each leaves.
 
@@ -160,7 +166,8 @@ def command(trace_path, policies, topology, gamma, params, max_steps, calibratio
     config = ReplayConfig(trace=trace_path, policies=names, topology=topology,
                           capacity_factor=gamma, policy_params=_parse_params(params),
                           max_steps=max_steps, calibration_trace=calibration_trace, seed=seed,
-                          device=device, network_rtol=network_rtol, alltoall=alltoall)
+                          device=device, network_rtol=network_rtol, alltoall=alltoall,
+                          precision=precision)
     out_dir = out_dir or _default_out(trace_path, topology, gamma)
     with library_errors():
         bar = tqdm(total=0, unit="step", desc="replay", disable=None, file=sys.stderr)

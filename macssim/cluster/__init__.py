@@ -9,6 +9,7 @@ from macssim.cluster._alltoall import AllToAll
 from macssim.cluster._flows import FlowNetwork, max_min_rates
 from macssim.cluster._graph import Routes
 from macssim.cluster._load import LayerLoad, LayerRouting
+from macssim.cluster._precision import PRECISION_PRESETS, Precision
 from macssim.cluster._records import (
     GpuLayerRecord,
     LayerRecord,
@@ -39,7 +40,9 @@ __all__ = [
     "LayerRouting",
     "NicSpec",
     "NvlinkSpec",
+    "PRECISION_PRESETS",
     "PhaseRecord",
+    "Precision",
     "RequestAssigner",
     "Routes",
     "SimOptions",

@@ -16,6 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from macssim._errors import MacssimError
+from macssim.cluster._precision import (
+    Precision,
+    peak_flops_per_s,
+    row_bytes,
+    weight_bytes_per_element,
+)
 from macssim.cluster._topology import GpuSpec
 from macssim.trace import ModelFacts
 
@@ -33,14 +39,20 @@ __all__ = [
 ]
 
 
-def roofline_s(flops: np.ndarray, nbytes: np.ndarray, gpu: GpuSpec) -> np.ndarray:
-    """[G] seconds: the slower of computing ``flops`` and moving ``nbytes`` through HBM."""
-    return np.maximum(np.asarray(flops, dtype=np.float64) / gpu.achievable_flops_per_s,
+_BF16 = Precision()
+
+
+def roofline_s(flops: np.ndarray, nbytes: np.ndarray, gpu: GpuSpec, dtype: str = "bf16"
+               ) -> np.ndarray:
+    """[G] seconds: the slower of computing ``flops`` (at the ``dtype`` tensor-core peak:
+    ``bf16`` or ``fp8``) and moving ``nbytes`` through HBM."""
+    peak = peak_flops_per_s(gpu, dtype) * gpu.compute_efficiency
+    return np.maximum(np.asarray(flops, dtype=np.float64) / peak,
                       np.asarray(nbytes, dtype=np.float64) / gpu.achievable_hbm_bytes_per_s)
 
 
 def attention_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray, kv_read: np.ndarray,
-                context_sum: np.ndarray) -> np.ndarray:
+                context_sum: np.ndarray, precision: Precision = _BF16) -> np.ndarray:
     """One decoder layer's attention block on each GPU.
 
     Projections (QKV and output, a GEMM reading the layer's attention weights once per
@@ -55,25 +67,32 @@ def attention_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray, kv_read: np
         kv_read: [G] cached positions read, summed over the GPU's requests (a request's
             context length, once per request).
         context_sum: [G] sum over the GPU's tokens of the positions each attends to.
+        precision: ``precision.linear`` is the projections' (FP8: FP8 peak, 1-byte
+            weights, each token's row read quantised); the core stays in the model's dtype.
     """
     h, bpe = model.hidden_size, model.bytes_per_element
+    dt = precision.linear
+    wb = weight_bytes_per_element(model, dt)
     q = model.num_attention_heads * model.head_dim
     kv = model.num_kv_heads * model.head_dim
     has = tokens > 0
     proj_flops = (2 * h * (q + 2 * kv) + 2 * q * h) * tokens
-    proj_bytes = has * (h * (q + 2 * kv) + q * h) * bpe + 2 * h * bpe * tokens
+    proj_bytes = (has * (h * (q + 2 * kv) + q * h) * wb
+                  + (row_bytes(model, dt) + h * bpe) * tokens)
     core_flops = 4 * q * context_sum
     core_bytes = 2 * kv * bpe * (kv_read + tokens)
-    return roofline_s(proj_flops, proj_bytes, gpu) + roofline_s(core_flops, core_bytes, gpu)
+    return (roofline_s(proj_flops, proj_bytes, gpu, dt)
+            + roofline_s(core_flops, core_bytes, gpu))
 
 
-def dense_mlp_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray) -> np.ndarray:
+def dense_mlp_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray,
+                precision: Precision = _BF16) -> np.ndarray:
     """The SwiGLU MLP of a dense (non-MoE) decoder layer: ``6·h·I`` FLOPs per token,
-    weights ``3·h·I`` elements read once per GPU with tokens."""
+    weights ``3·h·I`` elements read once per GPU with tokens (``precision.linear``)."""
     inter = model.dense_intermediate_size
     if inter <= 0:
         return np.zeros(tokens.shape)
-    return _swiglu_s(model, gpu, tokens, (tokens > 0) * 1.0, inter)
+    return _swiglu_s(model, gpu, tokens, (tokens > 0) * 1.0, inter, precision.linear)
 
 
 @dataclass(frozen=True)
@@ -131,7 +150,8 @@ def padded_rows(tokens_per_expert: np.ndarray, tile_rows: int) -> np.ndarray:
 
 
 def expert_phase_s(model: ModelFacts, gpu: GpuSpec, tokens_per_expert: np.ndarray,
-                   kernel: GroupedGemm = GROUPED_GEMM) -> np.ndarray:
+                   kernel: GroupedGemm = GROUPED_GEMM, precision: Precision = _BF16
+                   ) -> np.ndarray:
     """Local routed experts on each GPU, costed per expert.
 
     For a GPU whose expert slots hold ``m_e`` kept rows (token-expert assignments), with
@@ -139,8 +159,13 @@ def expert_phase_s(model: ModelFacts, gpu: GpuSpec, tokens_per_expert: np.ndarra
     intermediate size and bytes per element::
 
         compute = Σ_e 6·h·I·p_e / (peak · compute_efficiency · p_e / (p_e + n½))
-        memory  = (3·h·I·b · #{e: m_e > 0} + 2·h·b · Σ_e m_e) / (HBM · memory_efficiency)
+        memory  = (3·h·I·w · #{e: m_e > 0} + (r + h·b) · Σ_e m_e) / (HBM · memory_efficiency)
         time    = fixed_kernels · kernel_fixed_s + max(compute, memory)
+
+    In BF16 (``precision.experts``) the peak is ``bf16_flops_per_s``, w = b and a row read
+    is r = h·b; in FP8 the peak is ``fp8_flops_per_s``, w = 1 and r = h + 4·⌈h/128⌉ (the
+    row quantised, one fp32 scale per 128 elements); outputs are written in the model's
+    dtype either way. The fixed kernels do not scale with precision.
 
     FLOPs use the padded rows; only active experts (``m_e > 0``) read their weights and
     pay compute; each real row's token is read and its output written. A GPU with no rows
@@ -152,6 +177,7 @@ def expert_phase_s(model: ModelFacts, gpu: GpuSpec, tokens_per_expert: np.ndarra
         tokens_per_expert: [G, S] kept rows of each of the GPU's S expert slots (pad a GPU
             with fewer slots with zeros: an empty slot costs nothing).
         kernel: the kernel model's constants.
+        precision: ``precision.experts`` is the GEMMs' dtype.
 
     Returns:
         [G] seconds.
@@ -161,33 +187,39 @@ def expert_phase_s(model: ModelFacts, gpu: GpuSpec, tokens_per_expert: np.ndarra
         raise MacssimError(f"expert_phase_s: tokens_per_expert must be a [G, S] array of "
                            f"counts >= 0, got shape {list(rows.shape)}")
     h, inter, bpe = model.hidden_size, model.expert_intermediate_size, model.bytes_per_element
+    dt = precision.experts
     padded = padded_rows(rows, kernel.tile_rows).astype(np.float64)
     active = rows > 0
-    peak = gpu.bf16_flops_per_s * gpu.compute_efficiency
+    peak = peak_flops_per_s(gpu, dt) * gpu.compute_efficiency
     # FLOPs / (peak · eff(p)) = 6·h·I·(p + n½) / peak for an active expert.
     compute = (6.0 * h * inter * (padded + kernel.half_efficiency_rows * active)).sum(
         axis=1) / peak
-    nbytes = (3.0 * h * inter * bpe * active.sum(axis=1)
-              + 2.0 * h * bpe * rows.sum(axis=1, dtype=np.float64))
+    nbytes = (3.0 * h * inter * weight_bytes_per_element(model, dt) * active.sum(axis=1)
+              + (row_bytes(model, dt) + h * bpe) * rows.sum(axis=1, dtype=np.float64))
     memory = nbytes / gpu.achievable_hbm_bytes_per_s
     return kernel.fixed_s + np.maximum(compute, memory)
 
 
-def shared_experts_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray) -> np.ndarray:
-    """Shared (always-on) experts, run by every GPU on its own tokens, no dispatch."""
+def shared_experts_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray,
+                     precision: Precision = _BF16) -> np.ndarray:
+    """Shared (always-on) experts, run by every GPU on its own tokens, no dispatch
+    (``precision.experts``)."""
     if model.num_shared_experts <= 0:
         return np.zeros(tokens.shape)
     inter = model.shared_intermediate_size or model.expert_intermediate_size
     n = model.num_shared_experts
-    return _swiglu_s(model, gpu, tokens * n, (tokens > 0) * float(n), inter)
+    return _swiglu_s(model, gpu, tokens * n, (tokens > 0) * float(n), inter,
+                     precision.experts)
 
 
 def _swiglu_s(model: ModelFacts, gpu: GpuSpec, rows: np.ndarray, weight_sets: np.ndarray,
-              inter: int) -> np.ndarray:
+              inter: int, dtype: str = "bf16") -> np.ndarray:
     h, bpe = model.hidden_size, model.bytes_per_element
     flops = 2 * 3 * h * inter * np.asarray(rows, dtype=np.float64)
-    nbytes = 3 * h * inter * bpe * np.asarray(weight_sets, dtype=np.float64) + 2 * h * bpe * rows
-    return roofline_s(flops, nbytes, gpu)
+    nbytes = (3 * h * inter * weight_bytes_per_element(model, dtype)
+              * np.asarray(weight_sets, dtype=np.float64)
+              + (row_bytes(model, dtype) + h * bpe) * rows)
+    return roofline_s(flops, nbytes, gpu, dtype)
 
 
 def vision_s(model: ModelFacts, gpu: GpuSpec, vision_tokens: np.ndarray) -> np.ndarray:
@@ -198,10 +230,14 @@ def vision_s(model: ModelFacts, gpu: GpuSpec, vision_tokens: np.ndarray) -> np.n
     return flops / gpu.achievable_flops_per_s
 
 
-def head_s(model: ModelFacts, gpu: GpuSpec, requests: np.ndarray) -> np.ndarray:
+def head_s(model: ModelFacts, gpu: GpuSpec, requests: np.ndarray,
+           precision: Precision = _BF16) -> np.ndarray:
     """The LM head: one row of logits per request (its last token), ``2·h·vocab`` FLOPs,
-    reading the ``vocab × h`` embedding matrix once per GPU with requests."""
+    reading the ``vocab × h`` embedding matrix once per GPU with requests
+    (``precision.linear``)."""
     h, bpe = model.hidden_size, model.bytes_per_element
+    dt = precision.linear
     flops = 2.0 * h * model.vocab_size * requests
-    nbytes = (requests > 0) * float(model.vocab_size * h * bpe) + 2 * h * bpe * requests
-    return roofline_s(flops, nbytes, gpu)
+    nbytes = ((requests > 0) * float(model.vocab_size * h * weight_bytes_per_element(model, dt))
+              + (row_bytes(model, dt) + h * bpe) * requests)
+    return roofline_s(flops, nbytes, gpu, dt)

@@ -78,10 +78,9 @@ class AllToAllSpec:
     """Which all-to-all an engine runs and its parameters.
 
     Attributes:
-        engine: one of ``ENGINES``.
-        fp8_dispatch: DeepEP engines only: dispatch sends FP8 (1 byte per element plus one
-            fp32 scale per 128 elements) instead of the model's dtype; combine stays in the
-            model's dtype. Default False (a BF16 model dispatches BF16).
+        engine: one of ``ENGINES``. What a token copy weighs (BF16 or FP8 dispatch) is not
+            the engine's: it is the run's ``Precision`` (``SimOptions.precision``), the one
+            source of truth; the YAML key ``alltoall.fp8_dispatch`` is refused.
         nvlink_efficiency: DeepEP engines: the SM budget, the fraction of the calibrated
             NVLink capacity the kernels' few SMs reach. None: the engine's default.
         rdma_efficiency: DeepEP engines: the same for RDMA, of the calibrated NIC capacity.
@@ -90,7 +89,6 @@ class AllToAllSpec:
     """
 
     engine: str = "nccl"
-    fp8_dispatch: bool = False
     nvlink_efficiency: float | None = None
     rdma_efficiency: float | None = None
     fixed_s: float | None = None
@@ -108,9 +106,6 @@ class AllToAllSpec:
                                              and 0.0 <= self.fixed_s <= 1.0):
             raise TopologyError(f'"alltoall.fixed_s" must be a number in [0, 1] s, got '
                                 f"{brief(self.fixed_s)}")
-        if not isinstance(self.fp8_dispatch, bool):
-            raise TopologyError(f'"alltoall.fp8_dispatch" must be true or false, got '
-                                f"{brief(self.fp8_dispatch)}")
 
     # Defaults per engine: (nvlink_efficiency, rdma_efficiency, fixed_s)
     @property
@@ -143,7 +138,7 @@ _DEFAULTS: dict[str, tuple[float, float, float]] = {
     "deepep-ll": (1.0, 1.0, 0.0),
 }
 
-_SPEC_KEYS = ("engine", "fp8_dispatch", "nvlink_efficiency", "rdma_efficiency", "fixed_s")
+_SPEC_KEYS = ("engine", "nvlink_efficiency", "rdma_efficiency", "fixed_s")
 
 
 def parse_alltoall(value: Any, where: str) -> AllToAllSpec:
@@ -157,6 +152,11 @@ def parse_alltoall(value: Any, where: str) -> AllToAllSpec:
         if isinstance(value, str):
             return AllToAllSpec(engine=value)
         if isinstance(value, dict):
+            if "fp8_dispatch" in value:
+                raise TopologyError(
+                    '"alltoall.fp8_dispatch" is no longer read: the dispatch precision is '
+                    "chosen per run, for every engine (SimOptions(precision=...), macssim "
+                    "replay --precision fp8-experts); remove the key (docs/cluster.md)")
             unknown = sorted(set(map(str, value)) - set(_SPEC_KEYS))
             if unknown:
                 raise TopologyError(f'unknown key(s) {brief(unknown)} in "alltoall"; known: '
@@ -203,17 +203,13 @@ class Legs:
 
 
 def build_legs(spec: AllToAllSpec, num_gpus: int, gpus_per_node: int, counts: TokenCounts,
-               token_bytes: float, phase: str, hidden_size: int | None = None) -> Legs:
+               token_bytes: float, phase: str) -> Legs:
     """The legs of a layer's ``phase`` ("dispatch" or "combine") under ``spec``.
 
-    ``token_bytes`` is one token's bytes in the model's dtype; with ``fp8_dispatch`` a
-    DeepEP dispatch sends ``hidden_size`` + 4·⌈hidden_size/128⌉ bytes instead."""
+    ``token_bytes`` is one token copy's bytes in the phase's precision (the caller's
+    ``Precision``: BF16 h·b, FP8 dispatch h + 4·⌈h/128⌉)."""
     dispatch = phase == "dispatch"
     nv_eff, rdma_eff, fixed = spec.resolved
-    if dispatch and spec.fp8_dispatch and spec.engine.startswith("deepep"):
-        if hidden_size is None:
-            raise ValueError("fp8_dispatch needs hidden_size")
-        token_bytes = hidden_size + 4 * -(-hidden_size // 128)
     node = np.arange(num_gpus) // gpus_per_node
     same = node[:, None] == node[None, :]
     rows: list[tuple[int, int, float, float, tuple[int, ...], tuple[int, ...]]] = []

@@ -28,6 +28,7 @@ from macssim.cluster import _compute as compute
 from macssim.cluster._engines import ENGINES, AllToAllSpec, Collective, build_legs
 from macssim.cluster._flows import FlowNetwork
 from macssim.cluster._load import ExpertMap, LayerLoad, LayerRouting, layer_load
+from macssim.cluster._precision import Precision, as_precision, check_precision, row_bytes
 from macssim.cluster._records import PHASE_DTYPE, GpuLayerRecord, LayerRecord, StepResult
 from macssim.cluster._topology import Topology
 from macssim.cluster.metrics import PHASES, imbalance, straggler_delay_s
@@ -60,8 +61,13 @@ class SimOptions:
     alltoall: str | None = None
     """The all-to-all engine (``nccl``, ``deepep-normal``, ``deepep-ll``, ``ideal``);
     None: the topology's (its YAML field ``alltoall``, default ``nccl``)."""
+    precision: Precision = Precision()
+    """Which phases compute in FP8 and what dispatch carries (``Precision``, or a preset
+    name: ``bf16``, ``fp8-experts``, ``fp8``); default all BF16, the model before
+    precisions. FP8 compute needs the topology's ``gpu.fp8_flops_per_s``."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", as_precision(self.precision))
         if self.alltoall is not None and self.alltoall not in ENGINES:
             raise MacssimError(f'SimOptions: "alltoall" must be one of {", ".join(ENGINES)}, '
                                f"got {self.alltoall!r}")
@@ -78,7 +84,7 @@ def alltoall_spec(topo: Topology, options: SimOptions) -> AllToAllSpec:
     spec = topo.alltoall
     if options.alltoall is None or options.alltoall == spec.engine:
         return spec
-    return AllToAllSpec(engine=options.alltoall, fp8_dispatch=spec.fp8_dispatch)
+    return AllToAllSpec(engine=options.alltoall)
 
 
 @dataclass(frozen=True)
@@ -122,13 +128,15 @@ def simulate_step(topo: Topology, model: ModelFacts, placement: Placement, step_
         A ``StepResult`` with per-layer, per-GPU-layer and per-phase records.
     """
     options = options or SimOptions()
+    check_precision(topo, options.precision)
     token_gpu, position, modality, request_id = _check_inputs(
         topo, model, placement, step_kind, token_gpu, position, modality, layers, request_id)
     plan = _plan(topo, model, placement, step_kind, token_gpu, position, modality, layers,
                  request_id, options)
     env = simpy.Environment()
-    run = _StepRun(env, topo, plan, options, model.hidden_size,
-                   float(model.hidden_size * model.bytes_per_element))
+    run = _StepRun(env, topo, plan, options,
+                   dispatch_bytes=row_bytes(model, options.precision.dispatch),
+                   combine_bytes=row_bytes(model, options.precision.combine))
     run.start()
     env.run()
     return run.result(step_index, step_kind, num_tokens=int(token_gpu.size))
@@ -191,34 +199,36 @@ def _plan(topo: Topology, model: ModelFacts, placement: Placement, step_kind: st
           layers: Sequence[LayerRouting], request_id: np.ndarray | None,
           options: SimOptions) -> _Plan:
     gpu, num_gpus = topo.gpu, topo.num_gpus
+    prec = options.precision
     tokens = np.bincount(token_gpu, minlength=num_gpus).astype(np.float64)
     req_gpu, context = _requests(token_gpu, position, request_id)
     requests = np.bincount(req_gpu, minlength=num_gpus).astype(np.float64)
     kv_read = np.bincount(req_gpu, weights=context, minlength=num_gpus)
     context_sum = np.bincount(token_gpu, weights=position + 1.0, minlength=num_gpus)
-    attention = compute.attention_s(model, gpu, tokens, kv_read, context_sum)
-    dense_layer = attention + compute.dense_mlp_s(model, gpu, tokens)
+    attention = compute.attention_s(model, gpu, tokens, kv_read, context_sum, prec)
+    dense_layer = attention + compute.dense_mlp_s(model, gpu, tokens, prec)
     moe = np.asarray(model.moe_layers)
     before = np.diff(np.concatenate([[-1], moe])) - 1
     trailing = model.num_layers - 1 - int(moe[-1])
     is_vision = np.isin(modality, _VISION_CODES)
     vision = (compute.vision_s(model, gpu, np.bincount(token_gpu[is_vision], minlength=num_gpus))
               if step_kind == "prefill" else np.zeros(num_gpus))
-    head = (trailing * dense_layer + compute.head_s(model, gpu, requests)
+    head = (trailing * dense_layer + compute.head_s(model, gpu, requests, prec)
             if options.include_head else np.zeros(num_gpus))
     experts = ExpertMap.from_placement(placement)
-    token_bytes = model.hidden_size * model.bytes_per_element
+    token_bytes = row_bytes(model, prec.dispatch)  # one dispatched token copy
     loads = tuple(layer_load(routing, token_gpu, experts, token_bytes, where=f"MoE layer {i}",
                              gpus_per_node=topo.gpus_per_node)
                   for i, routing in enumerate(layers))
     # Every layer's [G, S] rows per expert slot, costed in one call: [L·G, S] -> [L, G].
     rows = np.concatenate([ld.rows_per_slot for ld in loads])
-    experts_s = compute.expert_phase_s(model, gpu, rows).reshape(len(loads), num_gpus)
+    experts_s = compute.expert_phase_s(model, gpu, rows, precision=prec).reshape(
+        len(loads), num_gpus)
     return _Plan(
         tokens=tokens, vision_s=vision, dense_before_s=np.outer(before, dense_layer),
         attention_s=attention, router_s=options.router_s * (tokens > 0),
         experts_s=experts_s,
-        shared_s=compute.shared_experts_s(model, gpu, tokens), head_s=head, loads=loads)
+        shared_s=compute.shared_experts_s(model, gpu, tokens, prec), head_s=head, loads=loads)
 
 
 @dataclass
@@ -242,15 +252,14 @@ class _StepRun:
     """
 
     def __init__(self, env: simpy.Environment, topo: Topology, plan: _Plan,
-                 options: SimOptions, hidden_size: int, token_bytes: float) -> None:
+                 options: SimOptions, dispatch_bytes: float, combine_bytes: float) -> None:
         self.env, self.topo, self.plan = env, topo, plan
         self.routes = topo.routes
         self.network = FlowNetwork(env, self.routes.capacity_bytes_per_s,
                                    end_rtol=options.flow_end_rtol)
         self.log: list[tuple[int, int, int, float, float]] = []
         self.alltoall = alltoall_spec(topo, options)
-        self.hidden_size = hidden_size
-        self.token_bytes = token_bytes
+        self.token_bytes = {"dispatch": dispatch_bytes, "combine": combine_bytes}
         # Plain-float copies: a process reads a handful of scalars per phase.
         self.dense_s = plan.dense_before_s.tolist()
         self.experts_s = plan.experts_s.tolist()
@@ -271,7 +280,7 @@ class _StepRun:
         dispatch, combine = (
             Collective(self.env, self.network, self.routes,
                        build_legs(self.alltoall, topo.num_gpus, topo.gpus_per_node, load.counts,
-                                  self.token_bytes, phase, hidden_size=self.hidden_size),
+                                  self.token_bytes[phase], phase),
                        topo.num_gpus)
             for phase in ("dispatch", "combine"))
         arrivals, barrier = self._barrier()

@@ -68,6 +68,10 @@ class GpuSpec:
     """Fraction of ``bf16_flops_per_s`` that GEMM kernels reach, in (0, 1]."""
     memory_efficiency: float
     """Fraction of ``hbm_bytes_per_s`` that streaming kernels reach, in (0, 1]."""
+    fp8_flops_per_s: float | None = None
+    """Dense FP8 tensor-core peak (datasheet, no sparsity; H100/H200/H800 SXM: 1,979e12).
+    None: the GPU has no FP8 tensor cores, and FP8 compute (``Precision``) is refused.
+    ``compute_efficiency`` applies to it as to the BF16 peak."""
 
     @property
     def achievable_flops_per_s(self) -> float:
@@ -200,9 +204,13 @@ _EFFICIENCY = (1e-3, 1.0)
 """Fraction of a peak that is reached: (0, 1]; below 0.1 % is a typo (and would turn a
 finite transfer into an infinite one)."""
 
+_NONE_OK = {"switch.fabric_bw_bytes_per_s", "gpu.fp8_flops_per_s"}
+"""Fields that may be None (absent): then not checked."""
+
 # dotted field -> (low, high); numbers are finite and within [low, high]
 _RANGES: dict[str, tuple[float, float]] = {
     "gpu.bf16_flops_per_s": _FLOPS,
+    "gpu.fp8_flops_per_s": _FLOPS,
     "gpu.hbm_bytes_per_s": _BYTES_PER_S,
     "gpu.memory_bytes": _MEMORY_BYTES,
     "gpu.compute_efficiency": _EFFICIENCY,
@@ -245,7 +253,7 @@ def _check_topology(t: Topology) -> None:
         if spec is None:
             continue
         value = getattr(spec, name)
-        if value is None and field == "switch.fabric_bw_bytes_per_s":
+        if value is None and field in _NONE_OK:
             continue
         check_number(value, where, field, low=low, high=high, error=err)
     if t.nodes > 1 and (t.nic is None or t.switch is None):
@@ -272,12 +280,12 @@ def _check_topology(t: Topology) -> None:
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "": ("name", "nodes", "gpus_per_node", "gpu", "nvlink", "nic", "switch", "alltoall"),
     "gpu": ("kind", "bf16_flops_per_s", "hbm_bytes_per_s", "memory_bytes",
-            "compute_efficiency", "memory_efficiency"),
+            "compute_efficiency", "memory_efficiency", "fp8_flops_per_s"),
     "nvlink": ("bw_bytes_per_s", "latency_s", "efficiency"),
     "nic": ("per_node", "rate_bytes_per_s", "latency_s", "efficiency"),
     "switch": ("latency_s", "non_blocking", "fabric_bw_bytes_per_s"),
 }
-_OPTIONAL = {"name", "nic", "switch", "alltoall", "switch.non_blocking",
+_OPTIONAL = {"name", "nic", "switch", "alltoall", "switch.non_blocking", "gpu.fp8_flops_per_s",
              "switch.fabric_bw_bytes_per_s"}
 
 

@@ -29,12 +29,13 @@ import simpy
 
 from macssim.cluster._engines import AllToAllSpec, Collective, TokenCounts, build_legs
 from macssim.cluster._flows import FlowNetwork
+from macssim.cluster._precision import fp8_row_bytes
 from macssim.cluster._topology import Topology, load_topology
 
 __all__ = ["ValidationRow", "validation_rows", "validation_markdown"]
 
 _HIDDEN = 7168
-_FP8_TOKEN_BYTES = _HIDDEN + _HIDDEN // 128 * 4   # e4m3 values + one fp32 scale per 128
+_FP8_TOKEN_BYTES = fp8_row_bytes(_HIDDEN)   # e4m3 values + one fp32 scale per 128
 _BF16_TOKEN_BYTES = 2 * _HIDDEN
 _GIB = 1 << 30
 
@@ -62,8 +63,7 @@ class ValidationRow:
 
 
 def _collective_done_s(topo: Topology, spec: AllToAllSpec, counts: TokenCounts,
-                       token_bytes: float, phase: str, hidden_size: int | None = None,
-                       receivers_wait: bool = False) -> np.ndarray:
+                       token_bytes: float, phase: str, receivers_wait: bool = False) -> np.ndarray:
     """[G] time each GPU finishes one collective joined by every GPU at t = 0.
 
     ``receivers_wait``: every leg's receiving GPU waits for it too (a DeepEP combine kernel
@@ -71,8 +71,7 @@ def _collective_done_s(topo: Topology, spec: AllToAllSpec, counts: TokenCounts,
     at its own sends and leaves receives to the barrier)."""
     env = simpy.Environment()
     net = FlowNetwork(env, topo.routes.capacity_bytes_per_s)
-    legs = build_legs(spec, topo.num_gpus, topo.gpus_per_node, counts, token_bytes, phase,
-                      hidden_size=hidden_size)
+    legs = build_legs(spec, topo.num_gpus, topo.gpus_per_node, counts, token_bytes, phase)
     if receivers_wait:
         legs = dataclasses.replace(legs, waiters=tuple(
             w if b in w else (*w, b) for w, b in zip(legs.waiters, legs.dst.tolist(),

@@ -24,6 +24,7 @@ from macssim.cluster import (
     simulate_step,
 )
 from macssim.cluster._engines import ENGINES
+from macssim.cluster._precision import PRECISION_PRESETS, check_precision
 from macssim.cluster._step import alltoall_spec
 from macssim.placement import contiguous_placement
 from macssim.policies import DropStats, Policy, expert_labels_from_trace, get_policy
@@ -63,6 +64,11 @@ class ReplayConfig:
     alltoall: str | None = None
     """All-to-all engine (``nccl``, ``deepep-normal``, ``deepep-ll``, ``ideal``); None: the
     topology's. ``replay`` records the engine that ran in the config it returns."""
+    precision: str = "bf16"
+    """Precision preset (``macssim.cluster.PRECISION_PRESETS``): ``bf16`` (every phase in
+    BF16, the model before precisions), ``fp8-experts`` (routed and shared experts in
+    FP8, FP8 dispatch, BF16 combine), ``fp8`` (also attention projections, dense MLP and
+    LM head in FP8). FP8 compute needs the topology's ``gpu.fp8_flops_per_s``."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -121,6 +127,9 @@ def _check_config(config: ReplayConfig) -> None:
     if rtol >= 1.0:
         raise MacssimError(f'{where}: "network_rtol" must be a finite number >= 0 and < 1, '
                            f"got {rtol!r}")
+    if not isinstance(config.precision, str) or config.precision not in PRECISION_PRESETS:
+        raise MacssimError(f'{where}: "precision" must be one of '
+                           f'{", ".join(PRECISION_PRESETS)}, got {brief(config.precision)}')
     if config.alltoall is not None and config.alltoall not in ENGINES:
         raise MacssimError(f'{where}: "alltoall" must be one of {", ".join(ENGINES)}, got '
                            f"{brief(config.alltoall)}")
@@ -202,6 +211,8 @@ def replay(config: ReplayConfig,
     trace = open_trace(config.trace)
     model = trace.model
     topology = load_topology(config.topology)
+    precision = PRECISION_PRESETS[config.precision]
+    check_precision(topology, precision)
     placement = contiguous_placement(model.num_experts, topology.num_gpus)
     policies = _build_policies(config, trace.has("scores"))
     for name, policy in policies.items():
@@ -232,7 +243,8 @@ def replay(config: ReplayConfig,
     gpu_load = {name: np.zeros((model.num_moe_layers, topology.num_gpus), dtype=np.int64)
                 for name in policies}
     chrome: dict[str, dict[str, Any]] = {}
-    options = SimOptions(flow_end_rtol=config.network_rtol, alltoall=config.alltoall)
+    options = SimOptions(flow_end_rtol=config.network_rtol, alltoall=config.alltoall,
+                         precision=precision)
     config = dataclasses.replace(config, alltoall=alltoall_spec(topology, options).engine)
     # One assigner for the whole trace: a request keeps the GPU that holds its KV cache.
     assigner = RequestAssigner(topology.num_gpus)

@@ -96,13 +96,14 @@ def test_intranode_traffic_goes_over_nvlink_directly(make_topo):
         assert edges[("gpu0", "nvswitch0")] == copies * B
 
 
-def test_fp8_dispatch_bytes(make_topo):
+def test_legs_carry_the_token_bytes_they_are_given(make_topo):
+    """The engine moves what the precision weighs (tests/cluster/test_precision.py)."""
     topo = make_topo(nodes=2, gpus_per_node=2)
     counts = counts_for(topo, IDS, TOKEN_GPU)
-    spec = AllToAllSpec("deepep-normal", fp8_dispatch=True)
-    legs = build_legs(spec, 4, 2, counts, 2 * 7168, "dispatch", hidden_size=7168)
+    spec = AllToAllSpec("deepep-normal")
+    legs = build_legs(spec, 4, 2, counts, 7168 + 56 * 4, "dispatch")
     assert set(legs.payload.tolist()) == {7168 + 56 * 4}   # 1 byte/element + fp32 per 128
-    combine = build_legs(spec, 4, 2, counts, 2 * 7168, "combine", hidden_size=7168)
+    combine = build_legs(spec, 4, 2, counts, 2 * 7168, "combine")
     assert set(combine.payload.tolist()) == {2 * 7168}    # BF16 combine
 
 
@@ -190,12 +191,15 @@ def test_topology_field_and_options(tmp_path, make_topo):
     text = (load_topology("16xH100").source and
             open(load_topology("16xH100").source).read())
     path = tmp_path / "t.yaml"
-    path.write_text(text + "alltoall:\n  engine: deepep-normal\n  fp8_dispatch: true\n"
+    path.write_text(text + "alltoall:\n  engine: deepep-normal\n"
                     "  nvlink_efficiency: 0.5\n")
     loaded = load_topology(path)
-    assert loaded.alltoall == AllToAllSpec("deepep-normal", fp8_dispatch=True,
-                                           nvlink_efficiency=0.5)
+    assert loaded.alltoall == AllToAllSpec("deepep-normal", nvlink_efficiency=0.5)
     assert loaded.alltoall.resolved == (0.5, 1.0, DEEPEP_FIXED_S)
+    # the dispatch precision is the run's (SimOptions.precision), not the topology's
+    path.write_text(text + "alltoall:\n  engine: deepep-normal\n  fp8_dispatch: true\n")
+    with pytest.raises(TopologyError, match=r't\.yaml: "alltoall\.fp8_dispatch" is no longer'):
+        load_topology(path)
     path.write_text(text + "alltoall: deepep-ll\n")
     assert load_topology(path).alltoall.engine == "deepep-ll"
     for bad, says in (("alltoall: mpi\n", "known engines"),

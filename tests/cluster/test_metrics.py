@@ -32,7 +32,8 @@ def test_imbalance_and_straggler_formulas():
 def test_public_surface():
     assert sorted(cluster.__all__) == sorted(
         ["AllToAll", "FlowNetwork", "GpuLayerRecord", "GpuSpec", "LayerLoad", "LayerRecord",
-         "LayerRouting", "NicSpec", "NvlinkSpec", "PhaseRecord", "RequestAssigner", "Routes",
+         "LayerRouting", "NicSpec", "NvlinkSpec", "PRECISION_PRESETS", "PhaseRecord",
+             "Precision", "RequestAssigner", "Routes",
          "SimOptions", "StepResult", "SwitchSpec", "Topology", "assign_requests_to_gpus",
          "chrome_trace", "list_topology_presets", "load_topology", "max_min_rates",
          "simulate_step", "write_chrome_trace"])
