@@ -415,9 +415,17 @@ class Trace:
         return field_name in self.fields
 
     def __iter__(self) -> Iterator[Step]:
+        """Every step in order; after the last, the index's token total is checked against
+        what the steps held (a reader that stops early checks nothing it did not read)."""
+        tokens = 0
         with self._open() as fh:
             for i in range(self.num_steps):
-                yield self._read_step(fh, i)
+                step = self._read_step(fh, i)
+                tokens += step.num_tokens
+                yield step
+        if tokens != self.num_tokens:
+            raise TraceError(f'{self.path}: index: "num_tokens" is {self.num_tokens}, but the '
+                             f"steps hold {tokens} tokens")
 
     def step(self, i: int) -> Step:
         if not 0 <= i < self.num_steps:

@@ -369,3 +369,24 @@ def test_writer_refuses_what_a_reader_would_refuse(tmp_path):
     with pytest.raises(TraceError, match="cannot write trace"):  # parent is a file
         write_trace(tmp_path / "file" / "c.mtrace", facts(), {}, [make_step(0)])
     assert not (tmp_path / "a.mtrace").exists() and not (tmp_path / "b.mtrace").exists()
+
+
+def test_the_index_token_total_is_checked_once_every_step_is_read(tmp_path):
+    import json
+    import struct
+
+    path = write_trace(tmp_path / "t.mtrace", facts(), {}, [make_step(0), make_step(1)])
+    total = sum(s.num_tokens for s in open_trace(path))
+    blob = path.read_bytes()
+    (at,) = struct.unpack("<Q", blob[-16:-8])
+    (ilen,) = struct.unpack("<I", blob[at + 4:at + 8])
+    index = json.loads(blob[at + 8:at + 8 + ilen])
+    assert index["num_tokens"] == total
+    index["num_tokens"] = total + 1
+    new = json.dumps(index).encode()
+    path.write_bytes(blob[:at] + b"INDX" + struct.pack("<I", len(new)) + new
+                     + struct.pack("<Q", at) + b"MACSEND\0")
+    trace = open_trace(path)
+    assert next(iter(trace)).num_tokens  # a reader that stops early is not held to it
+    with pytest.raises(TraceError, match=r'"num_tokens" is \d+, but the steps hold'):
+        list(trace)
