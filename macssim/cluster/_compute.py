@@ -18,7 +18,7 @@ import numpy as np
 from macssim._errors import MacssimError
 from macssim.cluster._precision import (
     Precision,
-    peak_flops_per_s,
+    achievable_flops_per_s,
     row_bytes,
     weight_bytes_per_element,
 )
@@ -46,7 +46,7 @@ def roofline_s(flops: np.ndarray, nbytes: np.ndarray, gpu: GpuSpec, dtype: str =
                ) -> np.ndarray:
     """[G] seconds: the slower of computing ``flops`` (at the ``dtype`` tensor-core peak:
     ``bf16`` or ``fp8``) and moving ``nbytes`` through HBM."""
-    peak = peak_flops_per_s(gpu, dtype) * gpu.compute_efficiency
+    peak = achievable_flops_per_s(gpu, dtype)
     return np.maximum(np.asarray(flops, dtype=np.float64) / peak,
                       np.asarray(nbytes, dtype=np.float64) / gpu.achievable_hbm_bytes_per_s)
 
@@ -190,7 +190,7 @@ def expert_phase_s(model: ModelFacts, gpu: GpuSpec, tokens_per_expert: np.ndarra
     dt = precision.experts
     padded = padded_rows(rows, kernel.tile_rows).astype(np.float64)
     active = rows > 0
-    peak = peak_flops_per_s(gpu, dt) * gpu.compute_efficiency
+    peak = achievable_flops_per_s(gpu, dt)
     # FLOPs / (peak · eff(p)) = 6·h·I·(p + n½) / peak for an active expert.
     compute = (6.0 * h * inter * (padded + kernel.half_efficiency_rows * active)).sum(
         axis=1) / peak

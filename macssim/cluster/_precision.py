@@ -22,7 +22,8 @@ from macssim.cluster._topology import GpuSpec, Topology
 from macssim.trace import ModelFacts
 
 __all__ = ["DTYPES", "PRECISION_PRESETS", "Precision", "check_precision", "fp8_row_bytes",
-           "peak_flops_per_s", "row_bytes", "weight_bytes_per_element"]
+           "peak_flops_per_s", "row_bytes", "weight_bytes_per_element",
+           "achievable_flops_per_s"]
 
 DTYPES = ("bf16", "fp8")
 FP8_GROUP = 128
@@ -110,6 +111,15 @@ def check_precision(topo: Topology, precision: Precision) -> None:
     if needs and topo.gpu.fp8_flops_per_s is None:
         where = topo.source or f"topology {topo.name!r}"
         raise _fp8_missing(where, topo.gpu, f"precision {'/'.join(needs)}")
+
+
+def achievable_flops_per_s(gpu: GpuSpec, dtype: str) -> float:
+    """What GEMM kernels reach in ``dtype``: the peak times the efficiency for that dtype
+    (FP8: ``fp8_compute_efficiency`` when the GPU states one)."""
+    efficiency = gpu.compute_efficiency
+    if dtype == "fp8" and gpu.fp8_compute_efficiency is not None:
+        efficiency = gpu.fp8_compute_efficiency
+    return peak_flops_per_s(gpu, dtype) * efficiency
 
 
 def peak_flops_per_s(gpu: GpuSpec, dtype: str) -> float:

@@ -71,7 +71,11 @@ class GpuSpec:
     fp8_flops_per_s: float | None = None
     """Dense FP8 tensor-core peak (datasheet, no sparsity; H100/H200/H800 SXM: 1,979e12).
     None: the GPU has no FP8 tensor cores, and FP8 compute (``Precision``) is refused.
-    ``compute_efficiency`` applies to it as to the BF16 peak."""
+    ``compute_efficiency`` applies to it unless ``fp8_compute_efficiency`` is given."""
+    fp8_compute_efficiency: float | None = None
+    """Fraction of ``fp8_flops_per_s`` that FP8 GEMM kernels reach, in (0, 1]; None: the
+    same as ``compute_efficiency``. Measured FP8 GEMMs reach a far smaller share of their
+    peak than BF16 ones (docs/validation.md)."""
 
     @property
     def achievable_flops_per_s(self) -> float:
@@ -204,7 +208,8 @@ _EFFICIENCY = (1e-3, 1.0)
 """Fraction of a peak that is reached: (0, 1]; below 0.1 % is a typo (and would turn a
 finite transfer into an infinite one)."""
 
-_NONE_OK = {"switch.fabric_bw_bytes_per_s", "gpu.fp8_flops_per_s"}
+_NONE_OK = {"switch.fabric_bw_bytes_per_s", "gpu.fp8_flops_per_s",
+            "gpu.fp8_compute_efficiency"}
 """Fields that may be None (absent): then not checked."""
 
 # dotted field -> (low, high); numbers are finite and within [low, high]
@@ -214,6 +219,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "gpu.hbm_bytes_per_s": _BYTES_PER_S,
     "gpu.memory_bytes": _MEMORY_BYTES,
     "gpu.compute_efficiency": _EFFICIENCY,
+    "gpu.fp8_compute_efficiency": _EFFICIENCY,
     "gpu.memory_efficiency": _EFFICIENCY,
     "nvlink.bw_bytes_per_s": _BYTES_PER_S,
     "nvlink.latency_s": _LATENCY_S,
@@ -280,12 +286,14 @@ def _check_topology(t: Topology) -> None:
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "": ("name", "nodes", "gpus_per_node", "gpu", "nvlink", "nic", "switch", "alltoall"),
     "gpu": ("kind", "bf16_flops_per_s", "hbm_bytes_per_s", "memory_bytes",
-            "compute_efficiency", "memory_efficiency", "fp8_flops_per_s"),
+            "compute_efficiency", "memory_efficiency", "fp8_flops_per_s",
+            "fp8_compute_efficiency"),
     "nvlink": ("bw_bytes_per_s", "latency_s", "efficiency"),
     "nic": ("per_node", "rate_bytes_per_s", "latency_s", "efficiency"),
     "switch": ("latency_s", "non_blocking", "fabric_bw_bytes_per_s"),
 }
 _OPTIONAL = {"name", "nic", "switch", "alltoall", "switch.non_blocking", "gpu.fp8_flops_per_s",
+             "gpu.fp8_compute_efficiency",
              "switch.fabric_bw_bytes_per_s"}
 
 

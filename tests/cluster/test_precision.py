@@ -66,6 +66,19 @@ def test_compute_bound_expert_phase_scales_by_the_ratio_of_peaks(tiny_model):
     assert mem_fp8 < fp8 - FIXED_S
 
 
+def test_fp8_compute_efficiency_is_the_share_of_the_fp8_peak_reached(tiny_model):
+    """With ``fp8_compute_efficiency`` stated, FP8 GEMMs reach that share of the FP8 peak
+    (0.2 of 250 = 50 TFLOP/s, BF16's 0.5 of 100): the compute-bound phase then costs the
+    same in both precisions."""
+    gpu = dataclasses.replace(GPU, fp8_compute_efficiency=0.2)
+    rows = np.array([[4096, 0, 0, 0]])
+    flops = 6 * 1024 * 512 * (4096 + N_HALF)
+    fp8 = expert_phase_s(tiny_model, gpu, rows, precision=FP8)[0]
+    assert fp8 == pytest.approx(FIXED_S + flops / (250e12 * 0.2), rel=1e-12)
+    assert fp8 == pytest.approx(expert_phase_s(tiny_model, gpu, rows, precision=BF16)[0],
+                                rel=1e-12)
+
+
 def test_weight_read_bound_expert_phase_reads_half_the_weight_bytes(tiny_model):
     """One row on each of 8 experts on a fast GPU: bound by the eight weight reads, which
     halve in FP8 (1 byte instead of 2); the row's activation goes in FP8 with its scales

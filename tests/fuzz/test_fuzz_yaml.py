@@ -41,6 +41,7 @@ MAX_TOKENS_PER_STEP = 1 << 20
 TOPOLOGY_NUMBERS = {  # dotted field -> (low, high), inclusive
     "gpu.bf16_flops_per_s": (1e9, 1e18),
     "gpu.fp8_flops_per_s": (1e9, 1e18),  # optional: None (absent) is allowed
+    "gpu.fp8_compute_efficiency": (1e-3, 1.0),  # optional too
     "gpu.hbm_bytes_per_s": (1e6, 1e15),
     "gpu.memory_bytes": (1e6, 1e15),
     "gpu.compute_efficiency": (1e-3, 1.0),
@@ -78,8 +79,8 @@ def assert_topology_in_range(t: Topology, name: str) -> None:
         section, key = field.split(".")
         spec = getattr(t, section)
         if spec is None or (field == "switch.fabric_bw_bytes_per_s" and spec.fabric_bw_bytes_per_s
-                            is None) or (field == "gpu.fp8_flops_per_s"
-                                         and spec.fp8_flops_per_s is None):
+                            is None) or (field.startswith("gpu.fp8_")
+                                         and getattr(spec, key) is None):
             continue
         assert _is_number(getattr(spec, key), low, high), (name, field, getattr(spec, key))
     if t.nodes > 1:
