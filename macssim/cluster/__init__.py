@@ -5,7 +5,6 @@ This is the public API of the stage; everything else in the folder is private. M
 names and definitions live in ``macssim.cluster.metrics`` (and ``docs/metrics.md``).
 """
 
-from macssim.cluster._alltoall import AllToAll
 from macssim.cluster._flows import FlowNetwork, max_min_rates
 from macssim.cluster._graph import Routes
 from macssim.cluster._load import LayerLoad, LayerRouting
@@ -31,7 +30,6 @@ from macssim.cluster._topology import (
 )
 
 __all__ = [
-    "AllToAll",
     "FlowNetwork",
     "GpuLayerRecord",
     "GpuSpec",

@@ -31,7 +31,7 @@ def test_imbalance_and_straggler_formulas():
 
 def test_public_surface():
     assert sorted(cluster.__all__) == sorted(
-        ["AllToAll", "FlowNetwork", "GpuLayerRecord", "GpuSpec", "LayerLoad", "LayerRecord",
+        ["FlowNetwork", "GpuLayerRecord", "GpuSpec", "LayerLoad", "LayerRecord",
          "LayerRouting", "NicSpec", "NvlinkSpec", "PRECISION_PRESETS", "PhaseRecord",
              "Precision", "RequestAssigner", "Routes",
          "SimOptions", "StepResult", "SwitchSpec", "Topology", "assign_requests_to_gpus",
