@@ -91,26 +91,32 @@ class LayerLoad:
     """Per-GPU work and traffic of one MoE layer (G GPUs).
 
     Attributes:
-        assignments: [G] int64, kept token-expert assignments each GPU computes.
-        active_experts: [G] int64, slots on each GPU with at least one assignment.
         rows_per_slot: [G, S] int64, kept assignments of each of the GPU's expert slots
             (column j: the GPU's j-th slot in slot order; zeros pad GPUs with fewer than
-            S slots). Rows sum to ``assignments``.
+            S slots); ``assignments`` and ``active_experts`` follow from it.
         dispatch_bytes: [G, G] float64, bytes from the token's GPU (row) to the expert's
             GPU (column); zero diagonal (local tokens do not touch the network).
         local_tokens: [G] int64, tokens needing an expert on their own GPU.
         kept: kept assignments in the layer; dropped: assignments the policy dropped.
     """
 
-    assignments: np.ndarray
-    active_experts: np.ndarray
     rows_per_slot: np.ndarray
     dispatch_bytes: np.ndarray
     local_tokens: np.ndarray
     kept: int
     dropped: int
-    counts: TokenCounts | None = None
+    counts: TokenCounts
     """Token counts the all-to-all engines build their legs from (``_engines``)."""
+
+    @property
+    def assignments(self) -> np.ndarray:
+        """[G] int64, kept token-expert assignments each GPU computes."""
+        return self.rows_per_slot.sum(axis=1)
+
+    @property
+    def active_experts(self) -> np.ndarray:
+        """[G] int64, slots on each GPU with at least one assignment."""
+        return (self.rows_per_slot > 0).sum(axis=1)
 
 
 def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
@@ -137,10 +143,7 @@ def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
         slot = experts.slots_by_expert[experts.first_slot[expert]]
     gpu = experts.slot_gpu[slot]
     num_gpus = experts.num_gpus
-    assignments = np.bincount(gpu, minlength=num_gpus).astype(np.int64)
     slot_rows = np.bincount(slot, minlength=experts.slot_gpu.size)
-    active = np.bincount(experts.slot_gpu, weights=slot_rows > 0,
-                         minlength=num_gpus).astype(np.int64)
     rows_per_slot = np.zeros((num_gpus, experts.slots_per_gpu), dtype=np.int64)
     rows_per_slot[experts.slot_gpu, experts.slot_local] = slot_rows
     needs = np.zeros(num_tokens * num_gpus, dtype=bool)
@@ -163,7 +166,6 @@ def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
                          node_tokens=node_tokens)
     dispatch = pairs.astype(np.float64) * float(token_bytes)
     np.fill_diagonal(dispatch, 0.0)
-    return LayerLoad(assignments=assignments, active_experts=active,
-                     rows_per_slot=rows_per_slot, dispatch_bytes=dispatch,
+    return LayerLoad(rows_per_slot=rows_per_slot, dispatch_bytes=dispatch,
                      local_tokens=local, kept=int(expert.size),
                      dropped=int(routing.kept.size - expert.size), counts=counts)
