@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import reprlib
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -250,9 +252,6 @@ def read_bounded(fh, limit: int) -> bytes:
     """Up to ``limit + 1`` bytes of an open binary file (one more than allowed, so the
     caller can tell "too large"), allocating only what is there: ``read(n)`` reserves
     ``n`` bytes up front, so it is sized from the file's own length where it has one."""
-    import os
-    import stat
-
     info = os.fstat(fh.fileno())
     if stat.S_ISREG(info.st_mode):
         return fh.read(min(info.st_size, limit) + 1)
