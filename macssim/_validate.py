@@ -36,6 +36,7 @@ __all__ = [
     "check_int",
     "check_number",
     "check_text",
+    "cuda_problem",
     "finite_range_text",
     "load_json",
     "load_yaml",
@@ -246,6 +247,21 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], *, limit: int) -> int:
                 raise _TooLarge
     memo[key] = size
     return size
+
+
+def cuda_problem(name: str) -> str | None:
+    """Why ``cuda`` / ``cuda:N`` is not a GPU this torch can use, or None. Imports torch
+    (only when asked): the one check behind every ``--device``."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return f"no CUDA GPU is visible to torch {torch.__version__} (CUDA is not available)"
+    index = int(name.partition(":")[2] or 0)
+    if index >= count:
+        return (f"torch sees {count} CUDA GPU{'s' if count > 1 else ''}, "
+                f"cuda:0 to cuda:{count - 1}")
+    return None
 
 
 def read_bounded(fh, limit: int) -> bytes:

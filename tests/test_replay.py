@@ -199,7 +199,8 @@ def test_cli_cuda_without_cuda_is_a_usage_error(small_trace, tmp_path, monkeypat
     res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--device", "cuda",
                                     "--out", str(tmp_path / "r")])
     assert res.exit_code == 2
-    assert "'--device': cuda: CUDA is not available" in res.output
+    assert "'--device': cuda: no CUDA GPU is visible" in res.output
+    assert "CUDA is not available" in res.output
     with pytest.raises(PolicyError, match="CUDA is not available"):
         replay(config(small_trace, device="cuda"))
     with pytest.raises(PolicyError, match='"device" must be cpu or cuda'):

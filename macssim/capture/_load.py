@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from macssim._errors import CaptureError, MacssimError
-from macssim._validate import Limits, brief, check_int, load_json, mapping, read_bounded
+from macssim._validate import (
+    Limits,
+    brief,
+    check_int,
+    cuda_problem,
+    load_json,
+    mapping,
+    read_bounded,
+)
 from macssim.capture._families import Family, family_for_config
 
 __all__ = ["DEVICES", "LoadedModel", "device_problem", "facts_for", "load_model", "pick_device",
@@ -57,15 +65,8 @@ def pick_device(device: str | None = None) -> str:
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise CaptureError(f"--device {device}: no CUDA GPU is visible to torch "
-                               f"{torch.__version__}; use --device cpu (or auto)")
-        index = int(device.partition(":")[2] or 0)
-        if index >= count:
-            raise CaptureError(f"--device {device}: torch sees {count} CUDA GPU"
-                               f"{'s' if count > 1 else ''}, cuda:0 to cuda:{count - 1}")
+    if device.startswith("cuda") and (problem := cuda_problem(device)):
+        raise CaptureError(f"--device {device}: {problem}; use --device cpu (or auto)")
     return device
 
 

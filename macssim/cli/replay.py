@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from macssim._resources import DEFAULT_TRACE
-from macssim._validate import Limits
+from macssim._validate import Limits, cuda_problem
 from macssim.cli._output import echo_table, library_errors
 from macssim.cli._types import FiniteFloat
 
@@ -69,12 +69,8 @@ def _check_policy_names(ctx: click.Context, param: click.Parameter, value: str) 
 
 def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """``cuda`` only where torch sees a CUDA GPU."""
-    if value == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise click.BadParameter(f"cuda: CUDA is not available (this torch "
-                                     f"{torch.__version__} sees no CUDA GPU); use cpu")
+    if value == "cuda" and (problem := cuda_problem(value)):
+        raise click.BadParameter(f"cuda: {problem}; use cpu")
     return value
 
 

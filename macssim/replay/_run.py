@@ -13,7 +13,7 @@ import torch
 
 from macssim import __version__
 from macssim._errors import MacssimError, PolicyError
-from macssim._validate import Limits, brief, check_int, check_number
+from macssim._validate import Limits, brief, check_int, check_number, cuda_problem
 from macssim.cluster import (
     LayerRouting,
     RequestAssigner,
@@ -141,14 +141,8 @@ def _device(name: object) -> torch.device:
     if not isinstance(name, str) or not re.fullmatch(r"cpu|cuda(:[0-9]{1,4})?", name):
         raise PolicyError(f'replay: "device" must be cpu or cuda (cuda:N for GPU N), got '
                           f"{brief(name)}")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise PolicyError(f"replay: device {name}: CUDA is not available (this torch "
-                              f"{torch.__version__} sees no CUDA GPU); use --device cpu")
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise PolicyError(f"replay: device {name}: torch sees "
-                              f"{torch.cuda.device_count()} CUDA GPU(s)")
+    if name.startswith("cuda") and (problem := cuda_problem(name)):
+        raise PolicyError(f"replay: device {name}: {problem}; use --device cpu")
     return torch.device(name)
 
 
