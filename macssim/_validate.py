@@ -115,11 +115,11 @@ def _fail(error: type[MacssimError], where: str, field: str, expected: str, valu
 
 
 def check_number(value: Any, where: str, field: str, *, low: float | None = None,
-                 high: float | None = None, low_open: bool = False,
+                 high: float | None = None, low_open: bool = False, high_open: bool = False,
                  error: type[MacssimError] = MacssimError) -> float:
-    """A finite real number in [low, high] (``low_open``: (low, high]); bools are refused,
-    since YAML's ``yes`` is not a number."""
-    expected = finite_range_text(low, high, low_open=low_open)
+    """A finite real number in [low, high] (``low_open`` / ``high_open`` exclude a bound);
+    bools are refused, since YAML's ``yes`` is not a number."""
+    expected = finite_range_text(low, high, low_open=low_open, high_open=high_open)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(error, where, field, expected, value)
     try:
@@ -130,7 +130,7 @@ def check_number(value: Any, where: str, field: str, *, low: float | None = None
         _fail(error, where, field, expected, value)
     if low is not None and (number <= low if low_open else number < low):
         _fail(error, where, field, expected, value)
-    if high is not None and number > high:
+    if high is not None and (number >= high if high_open else number > high):
         _fail(error, where, field, expected, value)
     return number
 

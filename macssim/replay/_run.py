@@ -13,7 +13,13 @@ import torch
 
 from macssim import __version__
 from macssim._errors import MacssimError, PolicyError
-from macssim._validate import Limits, brief, check_int, check_number, cuda_problem
+from macssim._validate import (
+    Limits,
+    brief,
+    check_int,
+    check_number,
+    cuda_problem,
+)
 from macssim.cluster import (
     LayerRouting,
     RequestAssigner,
@@ -123,10 +129,7 @@ def _check_config(config: ReplayConfig) -> None:
     if config.max_steps is not None:
         check_int(config.max_steps, where, "max_steps", low=1, high=Limits.MAX_STEPS)
     check_int(config.seed, where, "seed", low=0, high=Limits.MAX_SEED)
-    rtol = check_number(config.network_rtol, where, "network_rtol", low=0.0, high=1.0)
-    if rtol >= 1.0:
-        raise MacssimError(f'{where}: "network_rtol" must be a finite number >= 0 and < 1, '
-                           f"got {rtol!r}")
+    check_number(config.network_rtol, where, "network_rtol", low=0.0, high=1.0, high_open=True)
     if not isinstance(config.precision, str) or config.precision not in PRECISION_PRESETS:
         raise MacssimError(f'{where}: "precision" must be one of '
                            f'{", ".join(PRECISION_PRESETS)}, got {brief(config.precision)}')
