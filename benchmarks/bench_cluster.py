@@ -29,9 +29,9 @@ from macssim.cluster import (
     RequestAssigner,
     SimOptions,
     assign_requests_to_gpus,
-    load_topology,
     simulate_step,
 )
+from macssim.hardware import load_topology
 from macssim.placement import contiguous_placement
 from macssim.trace import get_model_preset
 
@@ -124,7 +124,7 @@ def main():
                         help="print the docs/validation.md table instead")
     args = parser.parse_args()
     if args.validate:
-        from macssim.cluster._validation import validation_markdown
+        from macssim.cost._published import validation_markdown
 
         print(validation_markdown(), end="")
         return

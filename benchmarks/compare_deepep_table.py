@@ -18,9 +18,9 @@ import argparse
 
 import pandas as pd
 
-from macssim.cluster import load_topology
-from macssim.cluster._engines import AllToAllSpec
-from macssim.cluster._validation import _collective_done_s, _deepep_routing
+from macssim.cost import collective_s
+from macssim.cost._published import _deepep_routing
+from macssim.hardware import AllToAllSpec, load_topology
 
 HIDDEN = 7168
 FP8 = HIDDEN + HIDDEN // 128 * 4
@@ -45,7 +45,7 @@ def main() -> None:
         for eng in ("ideal", engine):
             out = []
             for token_bytes in ((FP8, BF16) if row.phase == "dispatch" else (BF16, BF16)):
-                t = float(_collective_done_s(topo, AllToAllSpec(eng), counts, token_bytes,
+                t = float(collective_s(topo, AllToAllSpec(eng), counts, token_bytes,
                                              row.phase, receivers_wait=True).max())
                 out.append(t)
             meas = row.latency_s

@@ -1,4 +1,4 @@
-"""Fit the NCCL all-to-all size efficiency and fixed cost (``macssim.cluster._engines``).
+"""Fit the NCCL all-to-all size efficiency and fixed cost (``macssim.cost._engines``).
 
 Reads aiconfigurator-core's measured NCCL table for H100 SXM converted to macssim's format
 (``/tmp/tables/nccl.csv`` by default; columns op,system,framework,version,kernel,dtype,

@@ -17,7 +17,7 @@ Reads the aiconfigurator-core 0.12.0 tables for H100 SXM converted to macssim's 
    power-law rows are skipped: the table does not carry the per-expert counts it drew.
 3. NCCL all-to-all, 8 ranks (NCCL 2.27.3, half and int8 as separate cases): the ``nccl``
    engine on the flow network for a uniform all-to-all of ``bytes_per_rank``
-   (``macssim.cluster._validation._uniform_done_s``: every rank sends bytes_per_rank / 8 to
+   (``macssim.cost._published._uniform_done_s``: every rank sends bytes_per_rank / 8 to
    each other rank, per-pair size efficiency ``nccl_size_efficiency``, 10 µs link latency,
    370 GB/s NVLink capacity, slowest rank).
 4. DeepEP EP8 (SGLang 0.5.12): ``deepep-normal`` against the normal kernels at 24 SMs (the
@@ -45,12 +45,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from macssim.cluster import load_topology
-from macssim.cluster._compute import GROUPED_GEMM, expert_phase_s, roofline_s
-from macssim.cluster._engines import AllToAllSpec, TokenCounts
-from macssim.cluster._precision import Precision, fp8_row_bytes
-from macssim.cluster._validation import _collective_done_s, _uniform_done_s
-from macssim.cost import load_table
+from macssim.cost import TokenCounts, collective_s, load_table
+from macssim.cost._precision import Precision, fp8_row_bytes
+from macssim.cost._published import _uniform_done_s
+from macssim.cost._roofline import GROUPED_GEMM, expert_phase_s, roofline_s
+from macssim.hardware import AllToAllSpec, load_topology
 from macssim.trace import ModelFacts
 
 TABLES = ("gemm", "moe", "nccl", "deepep")
@@ -188,7 +187,7 @@ def deepep(tables: Path, topo) -> list[tuple[str, np.ndarray]]:
             for r in g.itertuples():
                 tb = fp8_row_bytes(int(r.hidden)) if phase == "dispatch" else 2 * int(r.hidden)
                 counts = expected_counts(int(r.tokens), int(r.topk), int(r.experts))
-                pred.append(float(_collective_done_s(topo, AllToAllSpec(engine), counts, tb,
+                pred.append(float(collective_s(topo, AllToAllSpec(engine), counts, tb,
                                                      phase, receivers_wait=True).max()))
             err = np.array(pred) / g.latency_s.to_numpy() - 1
             tok = g.tokens.to_numpy()

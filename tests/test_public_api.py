@@ -10,7 +10,30 @@ import pytest
 
 STAGES = ["macssim", "macssim.trace", "macssim.policies", "macssim.placement",
           "macssim.cluster", "macssim.replay", "macssim.report", "macssim.capture",
-          "macssim.cost"]
+          "macssim.cost", "macssim.hardware"]
+
+LAYERS = {
+    # stage: the stages it may import (docs/architecture in README: data flows one way)
+    "trace": set(),
+    "hardware": set(),
+    "placement": set(),
+    "capture": {"trace"},
+    "policies": {"trace"},
+    "cost": {"hardware", "trace"},
+    "cluster": {"cost", "hardware", "placement", "trace"},
+    "replay": {"cluster", "cost", "hardware", "placement", "policies", "trace"},
+    "report": {"replay", "cluster", "cost", "hardware", "placement", "policies", "trace"},
+}
+
+
+@pytest.mark.parametrize("stage", sorted(LAYERS))
+def test_stages_import_only_the_stages_before_them(stage):
+    code = (f"import sys, macssim.{stage};"
+            "print(','.join(sorted({n.split('.')[1] for n in sys.modules "
+            "if n.startswith('macssim.') and not n.split('.')[1].startswith('_')})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.strip().split(",")) - {stage}
+    assert loaded <= LAYERS[stage], f"macssim.{stage} imports {sorted(loaded - LAYERS[stage])}"
 
 
 @pytest.mark.parametrize("name", STAGES)

@@ -148,7 +148,7 @@ def command(trace_path, policies, topology, gamma, params, max_steps, calibratio
     """
     from tqdm import tqdm
 
-    from macssim.cluster import list_topology_presets
+    from macssim.hardware import list_topology_presets
     from macssim.policies import list_policies
     from macssim.replay import ReplayConfig, replay
     from macssim.report import ReportWriter

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from macssim._errors import MacssimError
-from macssim.cluster._engines import TokenCounts
+from macssim.cost import TokenCounts, count_tokens
 from macssim.placement import Placement
 
 __all__ = ["LayerRouting", "LayerLoad", "ExpertMap", "layer_load"]
@@ -146,24 +146,11 @@ def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
     slot_rows = np.bincount(slot, minlength=experts.slot_gpu.size)
     rows_per_slot = np.zeros((num_gpus, experts.slots_per_gpu), dtype=np.int64)
     rows_per_slot[experts.slot_gpu, experts.slot_local] = slot_rows
-    needs = np.zeros(num_tokens * num_gpus, dtype=bool)
-    needs[t_idx * num_gpus + gpu] = True
-    key = np.flatnonzero(needs)  # unique (token, destination GPU) pairs
-    pairs = np.bincount(token_gpu[key // num_gpus] * num_gpus + key % num_gpus,
-                        minlength=num_gpus * num_gpus).reshape(num_gpus, num_gpus)
-    local = np.diagonal(pairs).astype(np.int64)
     gpn = gpus_per_node or num_gpus
-    nodes = num_gpus // gpn
     src_gpu = token_gpu[t_idx] if t_idx.size else np.zeros(0, np.int64)
-    assignment_pairs = np.bincount(src_gpu * num_gpus + gpu, minlength=num_gpus * num_gpus
-                                   ).reshape(num_gpus, num_gpus)
-    node_needs = np.zeros(num_tokens * nodes, dtype=bool)
-    node_needs[(key // num_gpus) * nodes + (key % num_gpus) // gpn] = True
-    nkey = np.flatnonzero(node_needs)
-    node_tokens = np.bincount(token_gpu[nkey // nodes] * nodes + nkey % nodes,
-                              minlength=num_gpus * nodes).reshape(num_gpus, nodes)
-    counts = TokenCounts(pair_tokens=pairs, assignment_pairs=assignment_pairs,
-                         node_tokens=node_tokens)
+    counts = count_tokens(num_tokens, t_idx, src_gpu, gpu, num_gpus, gpn)
+    pairs = counts.pair_tokens
+    local = np.diagonal(pairs).astype(np.int64)
     dispatch = pairs.astype(np.float64) * float(token_bytes)
     np.fill_diagonal(dispatch, 0.0)
     return LayerLoad(rows_per_slot=rows_per_slot, dispatch_bytes=dispatch,

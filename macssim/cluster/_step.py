@@ -24,14 +24,22 @@ import numpy as np
 import simpy
 
 from macssim._errors import MacssimError, TopologyError
-from macssim.cluster import _compute as compute
-from macssim.cluster._engines import ENGINES, AllToAllSpec, Collective, build_legs
-from macssim.cluster._flows import FlowNetwork
 from macssim.cluster._load import ExpertMap, LayerLoad, LayerRouting, layer_load
-from macssim.cluster._precision import Precision, as_precision, check_precision, row_bytes
 from macssim.cluster._records import PHASE_DTYPE, GpuLayerRecord, LayerRecord, StepResult
-from macssim.cluster._topology import Topology
 from macssim.cluster.metrics import PHASES, imbalance, straggler_delay_s
+from macssim.cost import (
+    GROUPED_GEMM,
+    ROOFLINE,
+    Collective,
+    CostModel,
+    FlowNetwork,
+    Precision,
+    build_legs,
+    check_precision,
+    padded_rows,
+)
+from macssim.cost._precision import as_precision, row_bytes
+from macssim.hardware import ENGINES, AllToAllSpec, Topology, build_routes
 from macssim.placement import Placement
 from macssim.trace import MODALITIES, ModelFacts
 
@@ -65,6 +73,10 @@ class SimOptions:
     """Which phases compute in FP8 and what dispatch carries (``Precision``, or a preset
     name: ``bf16``, ``fp8-experts``, ``fp8``); default all BF16, the model before
     precisions. FP8 compute needs the topology's ``gpu.fp8_flops_per_s``."""
+    costs: CostModel = ROOFLINE
+    """Where compute costs come from: the calibrated roofline (default) or measured
+    tables, which fall back to the roofline outside their coverage and say so
+    (``CostModel.coverage``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", as_precision(self.precision))
@@ -199,21 +211,21 @@ def _plan(topo: Topology, model: ModelFacts, placement: Placement, step_kind: st
           layers: Sequence[LayerRouting], request_id: np.ndarray | None,
           options: SimOptions) -> _Plan:
     gpu, num_gpus = topo.gpu, topo.num_gpus
-    prec = options.precision
+    prec, costs = options.precision, options.costs
     tokens = np.bincount(token_gpu, minlength=num_gpus).astype(np.float64)
     req_gpu, context = _requests(token_gpu, position, request_id)
     requests = np.bincount(req_gpu, minlength=num_gpus).astype(np.float64)
     kv_read = np.bincount(req_gpu, weights=context, minlength=num_gpus)
     context_sum = np.bincount(token_gpu, weights=position + 1.0, minlength=num_gpus)
-    attention = compute.attention_s(model, gpu, tokens, kv_read, context_sum, prec)
-    dense_layer = attention + compute.dense_mlp_s(model, gpu, tokens, prec)
+    attention = costs.attention_s(model, gpu, tokens, kv_read, context_sum, prec)
+    dense_layer = attention + costs.dense_mlp_s(model, gpu, tokens, prec)
     moe = np.asarray(model.moe_layers)
     before = np.diff(np.concatenate([[-1], moe])) - 1
     trailing = model.num_layers - 1 - int(moe[-1])
     is_vision = np.isin(modality, _VISION_CODES)
-    vision = (compute.vision_s(model, gpu, np.bincount(token_gpu[is_vision], minlength=num_gpus))
+    vision = (costs.vision_s(model, gpu, np.bincount(token_gpu[is_vision], minlength=num_gpus))
               if step_kind == "prefill" else np.zeros(num_gpus))
-    head = (trailing * dense_layer + compute.head_s(model, gpu, requests, prec)
+    head = (trailing * dense_layer + costs.head_s(model, gpu, requests, prec)
             if options.include_head else np.zeros(num_gpus))
     experts = ExpertMap.from_placement(placement)
     token_bytes = row_bytes(model, prec.dispatch)  # one dispatched token copy
@@ -222,13 +234,13 @@ def _plan(topo: Topology, model: ModelFacts, placement: Placement, step_kind: st
                   for i, routing in enumerate(layers))
     # Every layer's [G, S] rows per expert slot, costed in one call: [L·G, S] -> [L, G].
     rows = np.concatenate([ld.rows_per_slot for ld in loads])
-    experts_s = compute.expert_phase_s(model, gpu, rows, precision=prec).reshape(
+    experts_s = costs.expert_phase_s(model, gpu, rows, prec).reshape(
         len(loads), num_gpus)
     return _Plan(
         tokens=tokens, vision_s=vision, dense_before_s=np.outer(before, dense_layer),
         attention_s=attention, router_s=options.router_s * (tokens > 0),
         experts_s=experts_s,
-        shared_s=compute.shared_experts_s(model, gpu, tokens, prec), head_s=head, loads=loads)
+        shared_s=costs.shared_experts_s(model, gpu, tokens, prec), head_s=head, loads=loads)
 
 
 @dataclass
@@ -254,7 +266,7 @@ class _StepRun:
     def __init__(self, env: simpy.Environment, topo: Topology, plan: _Plan,
                  options: SimOptions, dispatch_bytes: float, combine_bytes: float) -> None:
         self.env, self.topo, self.plan = env, topo, plan
-        self.routes = topo.routes
+        self.routes = build_routes(topo)
         self.network = FlowNetwork(env, self.routes.capacity_bytes_per_s,
                                    end_rtol=options.flow_end_rtol)
         self.log: list[tuple[int, int, int, float, float]] = []
@@ -347,7 +359,7 @@ class _StepRun:
             arrival = np.array(sim.arrival_s) - sim.start_s
             latency = sim.end_s - sim.start_s
             attention = float(attention_each[layer])
-            padded = compute.padded_rows(load.rows_per_slot, compute.GROUPED_GEMM.tile_rows)
+            padded = padded_rows(load.rows_per_slot, GROUPED_GEMM.tile_rows)
             hottest = (load.rows_per_slot.max(axis=1) if load.rows_per_slot.shape[1]
                        else np.zeros(num_gpus, np.int64)).tolist()
             padded_sum = padded.sum(axis=1).tolist()

@@ -1,19 +1,25 @@
-"""How long one operation takes, from measured tables: GEMM, fused MoE, NCCL collectives,
-DeepEP dispatch/combine.
+"""How long one operation takes on given hardware: the stage between ``macssim.hardware``
+(what the cluster is) and ``macssim.cluster`` (one step as SimPy processes).
 
-Why tables: the roofline and flow-network costs in ``macssim.cluster`` miss what real
-kernels do at small and medium sizes (launch floors, SM budgets, per-token overheads;
-see docs/validation.md). Measured latencies interpolated between neighbouring
-measurements are right wherever the measurements are dense, and say so when they are
-not. The format is macssim's own (docs/cost-tables.md), so a user's own measurements fit
-beside NVIDIA aiconfigurator-core's, which :func:`from_aiconfigurator` converts.
+Two backends answer the same questions:
 
-    from macssim.cost import from_aiconfigurator, predict
-    gemm = from_aiconfigurator("gemm", "h100_sxm", "trtllm")
-    predict(gemm, dtype="bfloat16", m=300, n=4096, k=7168)    # seconds
+- the **roofline** (``expert_phase_s``, ``attention_s``, ``gemm_s`` …): FLOPs and bytes
+  against the GPU's calibrated peaks, with the kernel effects a roofline misses added in
+  closed form (row tiles, small-expert efficiency, fixed kernel costs; docs/cluster.md);
+- **measured tables** (``load_table``, ``predict``; ``CostTables`` for a whole system):
+  per-operation latencies measured on real hardware in macssim's own format
+  (docs/cost-tables.md), NVIDIA aiconfigurator-core's converted by
+  :func:`from_aiconfigurator`, interpolated log-log between neighbouring measurements.
 
-Nothing here imports torch, SimPy or aiconfigurator-core at import time (pyarrow only
-where pandas itself loads it).
+Collectives run on a max-min fair flow network (``FlowNetwork``) as the engines move their
+bytes (``collective_s``, ``alltoall_s``; engines in ``macssim.hardware.ENGINES``).
+
+    from macssim.cost import expert_phase_s, alltoall_s
+    from macssim.hardware import load_topology
+    topo = load_topology("8xH100")
+    alltoall_s(topo, np.full((8, 8), 1 << 20))              # [8] seconds per GPU
+
+Nothing here imports torch or aiconfigurator-core at import time.
 """
 
 from macssim._errors import CostError
@@ -22,6 +28,18 @@ from macssim.cost._aiconfigurator import (
     from_aiconfigurator,
     tables_from_aiconfigurator,
 )
+from macssim.cost._backend import ROOFLINE, CostModel, Roofline
+from macssim.cost._collectives import alltoall_s, collective_s, count_tokens, token_counts
+from macssim.cost._engines import (
+    NCCL_FIT,
+    Collective,
+    Legs,
+    TokenCounts,
+    build_legs,
+    engine_parameters,
+    nccl_size_efficiency,
+)
+from macssim.cost._flows import FlowNetwork, max_min_rates
 from macssim.cost._interpolate import (
     MAX_EXTRAPOLATION,
     Prediction,
@@ -29,22 +47,64 @@ from macssim.cost._interpolate import (
     predict,
     predict_detail,
 )
+from macssim.cost._precision import PRECISION_PRESETS, Precision, check_precision
+from macssim.cost._roofline import (
+    GROUPED_GEMM,
+    GroupedGemm,
+    attention_s,
+    dense_mlp_s,
+    expert_phase_s,
+    head_s,
+    padded_rows,
+    roofline_s,
+    shared_experts_s,
+    vision_s,
+)
 from macssim.cost._table import OPS, CostTable, OpSchema, load_table, save_table, table_from_frame
 
 __all__ = [
-    "MAX_EXTRAPOLATION",
-    "OPS",
+    "ROOFLINE",
+    "CostModel",
+    "Roofline",
+    "Collective",
     "CostError",
     "CostTable",
+    "FlowNetwork",
+    "GROUPED_GEMM",
+    "GroupedGemm",
+    "Legs",
+    "MAX_EXTRAPOLATION",
+    "NCCL_FIT",
+    "OPS",
     "OpSchema",
+    "PRECISION_PRESETS",
+    "Precision",
     "Prediction",
+    "TokenCounts",
     "aiconfigurator_sources",
+    "alltoall_s",
+    "attention_s",
+    "build_legs",
+    "check_precision",
+    "collective_s",
+    "count_tokens",
+    "dense_mlp_s",
+    "engine_parameters",
+    "expert_phase_s",
     "from_aiconfigurator",
+    "head_s",
     "leave_one_out",
     "load_table",
+    "max_min_rates",
+    "nccl_size_efficiency",
+    "padded_rows",
     "predict",
     "predict_detail",
+    "roofline_s",
     "save_table",
+    "shared_experts_s",
     "table_from_frame",
     "tables_from_aiconfigurator",
+    "token_counts",
+    "vision_s",
 ]

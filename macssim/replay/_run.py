@@ -24,14 +24,12 @@ from macssim.cluster import (
     LayerRouting,
     RequestAssigner,
     SimOptions,
-    Topology,
+    alltoall_spec,
     chrome_trace,
-    load_topology,
     simulate_step,
 )
-from macssim.cluster._engines import ENGINES
-from macssim.cluster._precision import PRECISION_PRESETS, check_precision
-from macssim.cluster._step import alltoall_spec
+from macssim.cost import PRECISION_PRESETS, check_precision
+from macssim.hardware import ENGINES, Topology, load_topology
 from macssim.placement import contiguous_placement
 from macssim.policies import DropStats, Policy, expert_labels_from_trace, get_policy
 from macssim.trace import MODALITIES, ModelFacts, Step, open_trace

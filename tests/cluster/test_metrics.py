@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import macssim.cluster as cluster
 from macssim.cluster.metrics import imbalance, metrics_markdown, straggler_delay_s
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,15 +26,3 @@ def test_imbalance_and_straggler_formulas():
         4.0 - (2.0 + 2.0 + 4.0 + 3.0) / 4)
     assert straggler_delay_s(np.array([0.0, 0.0, 0.0, 5.0]), 2.0) == pytest.approx(
         (5.0 - 2.0) * 3 / 4)
-
-
-def test_public_surface():
-    assert sorted(cluster.__all__) == sorted(
-        ["FlowNetwork", "GpuLayerRecord", "GpuSpec", "LayerLoad", "LayerRecord",
-         "LayerRouting", "NicSpec", "NvlinkSpec", "PRECISION_PRESETS", "PhaseRecord",
-             "Precision", "RequestAssigner", "Routes",
-         "SimOptions", "StepResult", "SwitchSpec", "Topology", "assign_requests_to_gpus",
-         "chrome_trace", "list_topology_presets", "load_topology", "max_min_rates",
-         "simulate_step", "write_chrome_trace"])
-    for name in cluster.__all__:
-        assert getattr(cluster, name) is not None

@@ -11,7 +11,7 @@ import pytest
 
 from macssim import MacssimError, TopologyError
 from macssim.cluster import LayerRouting, SimOptions, simulate_step
-from macssim.cluster._engines import DEEPEP_FIXED_S, DEEPEP_NVLINK_EFFICIENCY, NCCL_FIT
+from macssim.cost._engines import DEEPEP_FIXED_S, DEEPEP_NVLINK_EFFICIENCY, NCCL_FIT
 from macssim.placement import Placement, contiguous_placement
 
 NO_EXTRAS = SimOptions(router_s=0.0, include_head=False)

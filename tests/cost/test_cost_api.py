@@ -18,7 +18,7 @@ def test_all_names_exist_and_are_public():
 def test_import_leaves_heavy_and_optional_packages_unloaded():
     # Not pyarrow: pandas 3 imports it itself wherever it is installed.
     code = ("import sys, macssim.cost;"
-            "print(','.join(m for m in ('torch', 'simpy', 'aiconfigurator_core',"
+            "print(','.join(m for m in ('torch', 'aiconfigurator_core',"
             " 'macssim.cluster') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

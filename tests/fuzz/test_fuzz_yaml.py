@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from macssim._resources import SCENARIOS_DIR, TOPOLOGIES_DIR
-from macssim.cluster import Topology, load_topology
+from macssim.hardware import Topology, load_topology
 from macssim.trace import Scenario, load_scenario
 from tests.fuzz._harness import assert_names, invoke_cli, run_bounded
 

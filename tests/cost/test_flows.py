@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import simpy
 
-from macssim.cluster import FlowNetwork, max_min_rates
-from macssim.cluster._flows import _max_min_by_levels, _max_min_by_links
+from macssim.cost import FlowNetwork, max_min_rates
+from macssim.cost._flows import _max_min_by_levels, _max_min_by_links
 
 REL = 1e-12
 

@@ -11,19 +11,19 @@ import pytest
 import simpy
 
 from macssim import MacssimError, TopologyError
-from macssim.cluster import FlowNetwork, LayerRouting, SimOptions, load_topology
-from macssim.cluster._engines import (
+from macssim.cluster import LayerRouting, SimOptions, alltoall_spec
+from macssim.cluster._load import ExpertMap, layer_load
+from macssim.cost import FlowNetwork
+from macssim.cost._engines import (
     DEEPEP_FIXED_S,
     DEEPEP_NVLINK_EFFICIENCY,
     NCCL_FIT,
-    AllToAllSpec,
     Collective,
     build_legs,
+    engine_parameters,
     nccl_size_efficiency,
 )
-from macssim.cluster._graph import gpu_path
-from macssim.cluster._load import ExpertMap, layer_load
-from macssim.cluster._step import alltoall_spec
+from macssim.hardware import AllToAllSpec, build_routes, gpu_path, load_topology
 from macssim.placement import contiguous_placement
 
 B = 1000.0  # bytes of one token
@@ -109,8 +109,8 @@ def test_legs_carry_the_token_bytes_they_are_given(make_topo):
 
 def run_collective(topo, legs):
     env = simpy.Environment()
-    net = FlowNetwork(env, topo.routes.capacity_bytes_per_s)
-    coll = Collective(env, net, topo.routes, legs, topo.num_gpus)
+    net = FlowNetwork(env, build_routes(topo).capacity_bytes_per_s)
+    coll = Collective(env, net, build_routes(topo), legs, topo.num_gpus)
     done = [0.0] * topo.num_gpus
 
     def gpu(g):
@@ -153,7 +153,7 @@ def test_nccl_efficiency_is_its_formula():
 def test_nccl_uniform_alltoall_on_8xh100_matches_the_fitted_form(bytes_per_rank):
     """t = fixed + L + (G - 1)·m / (B·f(m)), m = S/G, on the preset's NVLink, within 5 %
     of NVIDIA's measured H100 times (aiconfigurator-core's NCCL 2.27.3 table)."""
-    from macssim.cluster._engines import TokenCounts
+    from macssim.cost._engines import TokenCounts
 
     topo = load_topology("8xH100")
     m = bytes_per_rank / 8
@@ -195,7 +195,7 @@ def test_topology_field_and_options(tmp_path, make_topo):
                     "  nvlink_efficiency: 0.5\n")
     loaded = load_topology(path)
     assert loaded.alltoall == AllToAllSpec("deepep-normal", nvlink_efficiency=0.5)
-    assert loaded.alltoall.resolved == (0.5, 1.0, DEEPEP_FIXED_S)
+    assert engine_parameters(loaded.alltoall) == (0.5, 1.0, DEEPEP_FIXED_S)
     # the dispatch precision is the run's (SimOptions.precision), not the topology's
     path.write_text(text + "alltoall:\n  engine: deepep-normal\n  fp8_dispatch: true\n")
     with pytest.raises(TopologyError, match=r't\.yaml: "alltoall\.fp8_dispatch" is no longer'):

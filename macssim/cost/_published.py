@@ -21,16 +21,14 @@ Running it: ``python benchmarks/bench_cluster.py --validate`` (or ``validation_m
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import simpy
 
-from macssim.cluster._engines import AllToAllSpec, Collective, TokenCounts, build_legs
-from macssim.cluster._flows import FlowNetwork
-from macssim.cluster._precision import fp8_row_bytes
-from macssim.cluster._topology import Topology, load_topology
+from macssim.cost._collectives import collective_s
+from macssim.cost._engines import TokenCounts
+from macssim.cost._precision import fp8_row_bytes
+from macssim.hardware import AllToAllSpec, Topology, load_topology
 
 __all__ = ["ValidationRow", "validation_rows", "validation_markdown"]
 
@@ -62,39 +60,12 @@ class ValidationRow:
         return self.ideal_gb_per_s / self.published_gb_per_s - 1.0
 
 
-def _collective_done_s(topo: Topology, spec: AllToAllSpec, counts: TokenCounts,
-                       token_bytes: float, phase: str, receivers_wait: bool = False) -> np.ndarray:
-    """[G] time each GPU finishes one collective joined by every GPU at t = 0.
-
-    ``receivers_wait``: every leg's receiving GPU waits for it too (a DeepEP combine kernel
-    returns when its rank has received its results; the step model ends a GPU's combine
-    at its own sends and leaves receives to the barrier)."""
-    env = simpy.Environment()
-    net = FlowNetwork(env, topo.routes.capacity_bytes_per_s)
-    legs = build_legs(spec, topo.num_gpus, topo.gpus_per_node, counts, token_bytes, phase)
-    if receivers_wait:
-        legs = dataclasses.replace(legs, waiters=tuple(
-            w if b in w else (*w, b) for w, b in zip(legs.waiters, legs.dst.tolist(),
-                                                      strict=True)))
-    coll = Collective(env, net, topo.routes, legs, topo.num_gpus)
-    done = np.zeros(topo.num_gpus)
-
-    def gpu(g: int):
-        yield coll.join(g)
-        done[g] = env.now
-
-    for g in range(topo.num_gpus):
-        env.process(gpu(g))
-    env.run()
-    return done
-
-
 def _uniform_done_s(topo: Topology, bytes_per_rank: float, engine: str) -> float:
     num_gpus = topo.num_gpus
     pair = np.full((num_gpus, num_gpus), bytes_per_rank / num_gpus)
     counts = TokenCounts(pair_tokens=pair, assignment_pairs=pair,
                          node_tokens=np.zeros((num_gpus, topo.nodes)))
-    return float(_collective_done_s(topo, AllToAllSpec(engine), counts, 1.0, "dispatch").max())
+    return float(collective_s(topo, AllToAllSpec(engine), counts, 1.0, "dispatch").max())
 
 
 def nccl_busbw_gb_per_s(topo: Topology, bytes_per_rank: float, engine: str = "nccl") -> float:
@@ -152,7 +123,7 @@ def deepep_gb_per_s(topo: Topology, seed: int = 0, engine: str = "deepep-normal"
     spec = AllToAllSpec(engine)
     result = []
     for token_bytes, phase in ((_FP8_TOKEN_BYTES, "dispatch"), (_BF16_TOKEN_BYTES, "combine")):
-        done = _collective_done_s(topo, spec, counts, token_bytes, phase, receivers_wait=True)
+        done = collective_s(topo, spec, counts, token_bytes, phase, receivers_wait=True)
         if topo.nodes == 1:
             logical = counts.pair_tokens.sum(axis=0) * token_bytes     # received, incl. own
         else:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from macssim._errors import MacssimError, TopologyError
-from macssim.cluster._topology import GpuSpec, Topology
+from macssim.hardware import GpuSpec, Topology
 from macssim.trace import ModelFacts
 
 __all__ = ["DTYPES", "PRECISION_PRESETS", "Precision", "check_precision", "fp8_row_bytes",

@@ -13,7 +13,7 @@ import yaml
 
 from macssim import TopologyError
 from macssim._resources import TOPOLOGIES_DIR
-from macssim.cluster import list_topology_presets, load_topology
+from macssim.hardware import build_graph, build_routes, list_topology_presets, load_topology
 
 PRESETS = ["8xH100", "8xH200", "8xH800", "16xH100", "64xH100"]
 
@@ -40,7 +40,7 @@ def test_every_figure_in_a_preset_cites_a_source(name):
 
 def test_multi_node_preset_has_one_nic_per_gpu_and_one_switch():
     topo = load_topology("16xH100")
-    g = topo.graph
+    g = build_graph(topo)
     assert sum(1 for _, d in g.nodes(data=True) if d["kind"] == "nic") == 16
     assert {topo.nic_of(gpu) for gpu in range(8)} == set(range(8))
     assert all(nx.has_path(g, f"gpu{s}", f"gpu{d}") for s in range(16) for d in range(16))
@@ -48,7 +48,7 @@ def test_multi_node_preset_has_one_nic_per_gpu_and_one_switch():
 
 def test_routes_follow_nvlink_inside_and_nics_between_nodes():
     topo = load_topology("16xH100")
-    routes = topo.routes
+    routes = build_routes(topo)
     names = [routes.link_names[i] for i in routes.links[0, 3] if i < routes.num_links]
     assert names == [("gpu0", "nvswitch0"), ("nvswitch0", "gpu3")]
     assert routes.latency_s[0, 3] == topo.nvlink.latency_s
@@ -66,7 +66,7 @@ def test_blocking_fabric_adds_a_shared_core_link(tmp_path):
     path = tmp_path / "blocking.yaml"
     path.write_text(yaml.safe_dump(data))
     topo = load_topology(path)
-    routes = topo.routes
+    routes = build_routes(topo)
     core = routes.link_names.index(("ibswitch", "ibswitch.fabric"))
     assert core in routes.links[0, 9].tolist()
     assert routes.capacity_bytes_per_s[core] == 100e9
@@ -74,7 +74,7 @@ def test_blocking_fabric_adds_a_shared_core_link(tmp_path):
 
 def test_with_nodes_scales_a_preset():
     topo = load_topology("8xH800").with_nodes(4)
-    assert topo.num_gpus == 32 and topo.routes.links.shape[:2] == (32, 32)
+    assert topo.num_gpus == 32 and build_routes(topo).links.shape[:2] == (32, 32)
 
 
 def _write(tmp_path: Path, mutate) -> Path:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import simpy
 
-from macssim.cluster import FlowNetwork, load_topology
-from macssim.cluster._engines import AllToAllSpec, Collective, TokenCounts, build_legs
+from macssim.cost import Collective, FlowNetwork, TokenCounts, build_legs
+from macssim.hardware import AllToAllSpec, build_routes, load_topology
 
 
 def run_ideal(topo, pair_bytes, *, phase="dispatch", join_s=None):
@@ -20,8 +20,8 @@ def run_ideal(topo, pair_bytes, *, phase="dispatch", join_s=None):
                          node_tokens=np.zeros((g, topo.nodes)))
     legs = build_legs(AllToAllSpec("ideal"), g, topo.gpus_per_node, counts, 1.0, phase)
     env = simpy.Environment()
-    coll = Collective(env, FlowNetwork(env, topo.routes.capacity_bytes_per_s), topo.routes,
-                      legs, g)
+    routes = build_routes(topo)
+    coll = Collective(env, FlowNetwork(env, routes.capacity_bytes_per_s), routes, legs, g)
     done = [0.0] * g
     join_s = join_s or [0.0] * g
 

@@ -10,18 +10,11 @@ import numpy as np
 import pytest
 
 from macssim import MacssimError, TopologyError
-from macssim.cluster import (
-    PRECISION_PRESETS,
-    GpuSpec,
-    LayerRouting,
-    Precision,
-    SimOptions,
-    list_topology_presets,
-    load_topology,
-    simulate_step,
-)
-from macssim.cluster._compute import GROUPED_GEMM, attention_s, expert_phase_s, head_s
-from macssim.cluster._precision import fp8_row_bytes
+from macssim.cluster import LayerRouting, SimOptions, simulate_step
+from macssim.cost import PRECISION_PRESETS, Precision
+from macssim.cost._precision import fp8_row_bytes
+from macssim.cost._roofline import GROUPED_GEMM, attention_s, expert_phase_s, head_s
+from macssim.hardware import GpuSpec, list_topology_presets, load_topology
 from macssim.placement import contiguous_placement
 
 FIXED_S = GROUPED_GEMM.fixed_s

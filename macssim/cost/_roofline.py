@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from macssim._errors import MacssimError
-from macssim.cluster._precision import (
+from macssim.cost._precision import (
     Precision,
     achievable_flops_per_s,
     row_bytes,
     weight_bytes_per_element,
 )
-from macssim.cluster._topology import GpuSpec
+from macssim.hardware import GpuSpec
 from macssim.trace import ModelFacts
 
 __all__ = [

@@ -17,11 +17,10 @@ Every error names the file and the field (``topologies/8xH100.yaml:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from macssim._errors import TopologyError
 from macssim._resources import TOPOLOGIES_DIR
@@ -34,12 +33,7 @@ from macssim._validate import (
     load_yaml,
     mapping,
 )
-from macssim.cluster._engines import AllToAllSpec, parse_alltoall
-
-if TYPE_CHECKING:
-    import networkx as nx
-
-    from macssim.cluster._graph import Routes
+from macssim.hardware._alltoall import AllToAllSpec, parse_alltoall
 
 __all__ = [
     "GpuSpec",
@@ -171,22 +165,6 @@ class Topology:
                   high=max(1, Limits.MAX_GPUS // self.gpus_per_node), error=TopologyError)
         return dataclasses.replace(self, nodes=nodes,
                                    name=f"{nodes * self.gpus_per_node}x{self.gpu.kind}")
-
-    @functools.cached_property
-    def graph(self) -> nx.DiGraph:
-        """GPUs, NVSwitch per node, NICs and the switch as a directed networkx graph; each
-        edge carries ``bw_bytes_per_s``, ``efficiency``, ``latency_s``, ``capacity_bytes_per_s``
-        and a ``link`` index."""
-        from macssim.cluster._graph import build_graph
-
-        return build_graph(self)
-
-    @functools.cached_property
-    def routes(self) -> Routes:
-        """GPU-to-GPU paths as link indices and latencies (see ``_graph.Routes``)."""
-        from macssim.cluster._graph import build_routes
-
-        return build_routes(self)
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ NVLink start-up on ``gpu → nvswitch``, the NIC's on ``nic → ibswitch``, the 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ import networkx as nx
 import numpy as np
 
 if TYPE_CHECKING:
-    from macssim.cluster._topology import Topology
+    from macssim.hardware._topology import Topology
 
 __all__ = ["Routes", "build_graph", "build_routes"]
 
@@ -31,6 +32,7 @@ def _add_link(g: nx.DiGraph, u: str, v: str, bw: float, eff: float, latency_s: f
                link=g.number_of_edges())
 
 
+@functools.lru_cache(maxsize=64)
 def build_graph(topo: Topology) -> nx.DiGraph:
     g = nx.DiGraph(name=topo.name)
     nv = topo.nvlink
@@ -111,8 +113,9 @@ class Routes:
         return int(self.capacity_bytes_per_s.size)
 
 
+@functools.lru_cache(maxsize=64)
 def build_routes(topo: Topology) -> Routes:
-    graph = topo.graph
+    graph = build_graph(topo)
     edges = sorted(graph.edges(data=True), key=lambda e: e[2]["link"])
     num_links = len(edges)
     capacity = np.array([d["capacity_bytes_per_s"] for _, _, d in edges], dtype=np.float64)

@@ -9,9 +9,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from macssim.cluster import GpuSpec, LayerRouting
-from macssim.cluster._compute import GROUPED_GEMM, GroupedGemm, expert_phase_s
+from macssim.cluster import LayerRouting
 from macssim.cluster._load import ExpertMap, layer_load
+from macssim.cost._roofline import GROUPED_GEMM, GroupedGemm, expert_phase_s
+from macssim.hardware import GpuSpec
 from macssim.placement import Placement, contiguous_placement
 
 # Round figures for the closed forms (the defaults are pinned separately below).

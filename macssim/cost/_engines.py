@@ -24,23 +24,16 @@ Engines (``ENGINES``; chosen per topology with the YAML field ``alltoall`` and p
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import simpy
 
-from macssim._errors import TopologyError
-from macssim._validate import brief
-from macssim.cluster._flows import FlowNetwork
-from macssim.cluster._graph import Routes
+from macssim.cost._flows import FlowNetwork
+from macssim.hardware import AllToAllSpec, Routes
 
-__all__ = ["ENGINES", "NCCL_FIT", "AllToAllSpec", "Collective", "Legs", "TokenCounts",
-           "build_legs", "nccl_size_efficiency", "parse_alltoall"]
-
-ENGINES = ("nccl", "deepep-normal", "deepep-ll", "ideal")
-
+__all__ = ["NCCL_FIT", "Collective", "Legs", "TokenCounts", "build_legs", "engine_parameters",
+           "nccl_size_efficiency"]
 
 @dataclass(frozen=True)
 class NcclFit:
@@ -73,52 +66,6 @@ def nccl_size_efficiency(message_bytes: np.ndarray | float, fit: NcclFit = NCCL_
     return fit.f_inf / (1.0 + (fit.m_half / np.maximum(m, 1.0)) ** fit.p)
 
 
-@dataclass(frozen=True)
-class AllToAllSpec:
-    """Which all-to-all an engine runs and its parameters.
-
-    Attributes:
-        engine: one of ``ENGINES``. What a token copy weighs (BF16 or FP8 dispatch) is not
-            the engine's: it is the run's ``Precision`` (``SimOptions.precision``), the one
-            source of truth; the YAML key ``alltoall.fp8_dispatch`` is refused.
-        nvlink_efficiency: DeepEP engines: the SM budget, the fraction of the calibrated
-            NVLink capacity the kernels' few SMs reach. None: the engine's default.
-        rdma_efficiency: DeepEP engines: the same for RDMA, of the calibrated NIC capacity.
-        fixed_s: fixed cost of one collective on each GPU, before its data moves (notify and
-            layout kernels); None: the engine's default.
-    """
-
-    engine: str = "nccl"
-    nvlink_efficiency: float | None = None
-    rdma_efficiency: float | None = None
-    fixed_s: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise TopologyError(f'"alltoall" is {brief(self.engine)}; known engines: '
-                                f"{', '.join(ENGINES)}")
-        for name in ("nvlink_efficiency", "rdma_efficiency"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, int | float) and 1e-3 <= v <= 1.0):
-                raise TopologyError(f'"alltoall.{name}" must be a number in [0.001, 1], got '
-                                    f"{brief(v)}")
-        if self.fixed_s is not None and not (isinstance(self.fixed_s, int | float)
-                                             and 0.0 <= self.fixed_s <= 1.0):
-            raise TopologyError(f'"alltoall.fixed_s" must be a number in [0, 1] s, got '
-                                f"{brief(self.fixed_s)}")
-
-    # Defaults per engine: (nvlink_efficiency, rdma_efficiency, fixed_s)
-    @property
-    def resolved(self) -> tuple[float, float, float]:
-        nv, rdma, fixed = _DEFAULTS[self.engine]
-        return (nv if self.nvlink_efficiency is None else float(self.nvlink_efficiency),
-                rdma if self.rdma_efficiency is None else float(self.rdma_efficiency),
-                fixed if self.fixed_s is None else float(self.fixed_s))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 DEEPEP_NVLINK_EFFICIENCY = 0.84
 """DeepEP normal kernels' SM budget inside a node: with 20-24 SMs they reach ~84 % of what
 NCCL reaches on NVLink. Calibrated on DeepEP's published EP8 H800 figures (153 GB/s
@@ -131,42 +78,21 @@ DEEPEP_FIXED_S = 15e-6
 NVIDIA's measured DeepEP normal table for H100 (aiconfigurator-core, SGLang 0.5.12,
 notes/fidelity.md); 15 µs on top of the 10 µs link latency."""
 
-_DEFAULTS: dict[str, tuple[float, float, float]] = {
+_DEFAULTS: dict[str, tuple[float, float, float]] = {  # (nvlink_eff, rdma_eff, fixed_s)
     "ideal": (1.0, 1.0, 0.0),
     "nccl": (1.0, 1.0, NCCL_FIT.fixed_s),
     "deepep-normal": (DEEPEP_NVLINK_EFFICIENCY, DEEPEP_RDMA_EFFICIENCY, DEEPEP_FIXED_S),
     "deepep-ll": (1.0, 1.0, 0.0),
 }
 
-_SPEC_KEYS = ("engine", "nvlink_efficiency", "rdma_efficiency", "fixed_s")
 
-
-def parse_alltoall(value: Any, where: str) -> AllToAllSpec:
-    """The topology field ``alltoall``: an engine name, or a mapping with ``engine`` and
-    optional parameters; None -> ``nccl``."""
-    if value is None:
-        return AllToAllSpec()
-    if isinstance(value, AllToAllSpec):
-        return value
-    try:
-        if isinstance(value, str):
-            return AllToAllSpec(engine=value)
-        if isinstance(value, dict):
-            if "fp8_dispatch" in value:
-                raise TopologyError(
-                    '"alltoall.fp8_dispatch" is no longer read: the dispatch precision is '
-                    "chosen per run, for every engine (SimOptions(precision=...), macssim "
-                    "replay --precision fp8-experts); remove the key (docs/cluster.md)")
-            unknown = sorted(set(map(str, value)) - set(_SPEC_KEYS))
-            if unknown:
-                raise TopologyError(f'unknown key(s) {brief(unknown)} in "alltoall"; known: '
-                                    f"{list(_SPEC_KEYS)}")
-            return AllToAllSpec(**value)
-    except TopologyError as e:
-        raise TopologyError(f"{where}: {e}") from None
-    raise TopologyError(f'{where}: "alltoall" must be an engine name ({", ".join(ENGINES)}) or '
-                        f"a mapping with \"engine\", got {brief(value)}")
-
+def engine_parameters(spec: AllToAllSpec) -> tuple[float, float, float]:
+    """``(nvlink_efficiency, rdma_efficiency, fixed_s)`` of ``spec``: its own values where
+    it sets them, the engine's calibrated defaults elsewhere."""
+    nv, rdma, fixed = _DEFAULTS[spec.engine]
+    return (nv if spec.nvlink_efficiency is None else float(spec.nvlink_efficiency),
+            rdma if spec.rdma_efficiency is None else float(spec.rdma_efficiency),
+            fixed if spec.fixed_s is None else float(spec.fixed_s))
 
 # ---------------------------------------------------------------------------------------
 # Bytes per engine
@@ -209,7 +135,7 @@ def build_legs(spec: AllToAllSpec, num_gpus: int, gpus_per_node: int, counts: To
     ``token_bytes`` is one token copy's bytes in the phase's precision (the caller's
     ``Precision``: BF16 h·b, FP8 dispatch h + 4·⌈h/128⌉)."""
     dispatch = phase == "dispatch"
-    nv_eff, rdma_eff, fixed = spec.resolved
+    nv_eff, rdma_eff, fixed = engine_parameters(spec)
     node = np.arange(num_gpus) // gpus_per_node
     same = node[:, None] == node[None, :]
     rows: list[tuple[int, int, float, float, tuple[int, ...], tuple[int, ...]]] = []

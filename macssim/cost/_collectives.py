@@ -1,0 +1,126 @@
+"""All-to-all, dispatch and combine times on a topology, one collective on its own.
+
+The step model runs collectives inside its own SimPy environment, where they share links
+with every other collective in flight; these functions run one collective alone, every GPU
+joining at t = 0, so that a user or a test can check a single number against a benchmark
+(``macssim cost alltoall``, docs/validation.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import simpy
+
+from macssim._errors import CostError
+from macssim.cost._engines import Collective, TokenCounts, build_legs
+from macssim.cost._flows import FlowNetwork
+from macssim.hardware import ENGINES, AllToAllSpec, Topology, build_routes
+
+__all__ = ["alltoall_s", "collective_s", "count_tokens", "token_counts"]
+
+
+def count_tokens(num_tokens: int, token: np.ndarray, src_gpu: np.ndarray, dst_gpu: np.ndarray,
+                 num_gpus: int, gpus_per_node: int) -> TokenCounts:
+    """Token counts of kept assignments given as flat arrays: assignment i belongs to token
+    ``token[i]`` (on GPU ``src_gpu[i]``) and is computed on GPU ``dst_gpu[i]``."""
+    nodes = num_gpus // gpus_per_node
+    needs = np.zeros(num_tokens * num_gpus, dtype=bool)
+    needs[token * num_gpus + dst_gpu] = True
+    key = np.flatnonzero(needs)  # unique (token, destination GPU) pairs
+    token_gpu = np.zeros(num_tokens, dtype=np.int64)
+    token_gpu[token] = src_gpu
+    pairs = np.bincount(token_gpu[key // num_gpus] * num_gpus + key % num_gpus,
+                        minlength=num_gpus * num_gpus).reshape(num_gpus, num_gpus)
+    assignment_pairs = np.bincount(src_gpu * num_gpus + dst_gpu, minlength=num_gpus * num_gpus
+                                   ).reshape(num_gpus, num_gpus)
+    node_needs = np.zeros(num_tokens * nodes, dtype=bool)
+    node_needs[(key // num_gpus) * nodes + (key % num_gpus) // gpus_per_node] = True
+    nkey = np.flatnonzero(node_needs)
+    node_tokens = np.bincount(token_gpu[nkey // nodes] * nodes + nkey % nodes,
+                              minlength=num_gpus * nodes).reshape(num_gpus, nodes)
+    return TokenCounts(pair_tokens=pairs, assignment_pairs=assignment_pairs,
+                       node_tokens=node_tokens)
+
+
+def token_counts(topology: Topology, token_gpu: np.ndarray, expert_gpu: np.ndarray
+                 ) -> TokenCounts:
+    """How a routing spreads over the topology: ``token_gpu`` [T] the GPU each token lives
+    on, ``expert_gpu`` [T, k] the GPU of each of its experts (-1: dropped)."""
+    token_gpu = np.asarray(token_gpu, dtype=np.int64)
+    expert_gpu = np.asarray(expert_gpu, dtype=np.int64)
+    g = topology.num_gpus
+    if token_gpu.ndim != 1 or expert_gpu.ndim != 2 or expert_gpu.shape[0] != token_gpu.size:
+        raise CostError(f"token_counts: token_gpu must be [T] and expert_gpu [T, k], got "
+                        f"{list(token_gpu.shape)} and {list(expert_gpu.shape)}")
+    for name, a, low in (("token_gpu", token_gpu, 0), ("expert_gpu", expert_gpu, -1)):
+        if a.size and (a.min() < low or a.max() >= g):
+            raise CostError(f"token_counts: {name} must hold GPUs {low}..{g - 1} of "
+                            f"{topology.name}, found {int(a.min())}..{int(a.max())}")
+    t_idx, j_idx = np.nonzero(expert_gpu >= 0)
+    return count_tokens(token_gpu.size, t_idx, token_gpu[t_idx], expert_gpu[t_idx, j_idx], g,
+                        topology.gpus_per_node)
+
+
+def _spec(engine: str | AllToAllSpec) -> AllToAllSpec:
+    if isinstance(engine, AllToAllSpec):
+        return engine
+    if engine not in ENGINES:
+        raise CostError(f"unknown all-to-all engine {engine!r}; known: {', '.join(ENGINES)}")
+    return AllToAllSpec(engine)
+
+
+def collective_s(topology: Topology, counts: TokenCounts, token_bytes: float, phase: str,
+                 engine: str | AllToAllSpec = "nccl", *, receivers_wait: bool = False
+                 ) -> np.ndarray:
+    """[G] seconds until each GPU is done with one ``phase`` ("dispatch" or "combine") of
+    ``counts`` under ``engine``, every GPU joining at t = 0; ``token_bytes`` is one token
+    copy in the phase's precision.
+
+    ``receivers_wait``: a GPU is done only once it has also received what is sent to it (a
+    DeepEP kernel returns then; the step model ends a GPU's combine at its own sends and
+    leaves receives to the layer's barrier)."""
+    if phase not in ("dispatch", "combine"):
+        raise CostError(f'phase must be "dispatch" or "combine", got {phase!r}')
+    env = simpy.Environment()
+    routes = build_routes(topology)
+    net = FlowNetwork(env, routes.capacity_bytes_per_s)
+    legs = build_legs(_spec(engine), topology.num_gpus, topology.gpus_per_node, counts,
+                      token_bytes, phase)
+    if receivers_wait:
+        legs = dataclasses.replace(legs, waiters=tuple(
+            w if b in w else (*w, b) for w, b in zip(legs.waiters, legs.dst.tolist(),
+                                                      strict=True)))
+    coll = Collective(env, net, routes, legs, topology.num_gpus)
+    done = np.zeros(topology.num_gpus)
+
+    def gpu(g: int):
+        yield coll.join(g)
+        done[g] = env.now
+
+    for g in range(topology.num_gpus):
+        env.process(gpu(g))
+    env.run()
+    return done
+
+
+def alltoall_s(topology: Topology, bytes_matrix: np.ndarray,
+               engine: str | AllToAllSpec = "nccl") -> np.ndarray:
+    """[G] seconds until each GPU is done with an all-to-all-v moving ``bytes_matrix``
+    [G, G] (row: sender; the diagonal stays local), every GPU joining at t = 0.
+
+    Only engines whose traffic a bytes matrix determines (``nccl``, ``ideal``); DeepEP's
+    depends on which tokens go where (``collective_s`` with ``token_counts``)."""
+    spec = _spec(engine)
+    if spec.engine not in ("nccl", "ideal"):
+        raise CostError(f"alltoall_s: engine {spec.engine!r} moves tokens, not a bytes "
+                        "matrix; use collective_s(topology, token_counts(...), ...)")
+    m = np.asarray(bytes_matrix, dtype=np.float64)
+    g = topology.num_gpus
+    if m.shape != (g, g) or not np.all(np.isfinite(m)) or (m < 0).any():
+        raise CostError(f"alltoall_s: bytes_matrix must be a finite, non-negative [{g}, {g}] "
+                        f"array for {topology.name}, got shape {list(m.shape)}")
+    counts = TokenCounts(pair_tokens=m, assignment_pairs=m,
+                         node_tokens=np.zeros((g, topology.nodes)))
+    return collective_s(topology, counts, 1.0, "dispatch", spec)
