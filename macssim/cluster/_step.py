@@ -26,6 +26,7 @@ import simpy
 from macssim._errors import MacssimError, TopologyError
 from macssim.cluster._load import ExpertMap, LayerLoad, LayerRouting, layer_load
 from macssim.cluster._records import PHASE_DTYPE, GpuLayerRecord, LayerRecord, StepResult
+from macssim.cluster._tensor_parallel import sequence_parallel_split, tensor_parallel_shard
 from macssim.cluster.metrics import PHASES, imbalance, straggler_delay_s
 from macssim.cost import (
     GROUPED_GEMM,
@@ -34,6 +35,8 @@ from macssim.cost import (
     CostModel,
     FlowNetwork,
     Precision,
+    allreduce_legs,
+    allreduce_s,
     build_legs,
     check_precision,
     padded_rows,
@@ -47,8 +50,8 @@ __all__ = ["SimOptions", "simulate_step"]
 
 _STEP_KINDS = ("prefill", "decode")
 _VISION_CODES = (MODALITIES.index("image"), MODALITIES.index("video"))
-(_VISION, _DENSE, _ATTENTION, _ROUTER, _DISPATCH, _EXPERTS, _SHARED, _COMBINE, _BARRIER,
- _HEAD) = range(len(PHASES))
+(_VISION, _DENSE, _ATTENTION, _ALLREDUCE, _ROUTER, _DISPATCH, _EXPERTS, _SHARED, _COMBINE,
+ _BARRIER, _HEAD) = range(len(PHASES))
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,13 @@ class SimOptions:
     """Which phases compute in FP8 and what dispatch carries (``Precision``, or a preset
     name: ``bf16``, ``fp8-experts``, ``fp8``); default all BF16, the model before
     precisions. FP8 compute needs the topology's ``gpu.fp8_flops_per_s``."""
+    attention_tp: int = 1
+    """GPUs sharing one attention (and dense layer) by tensor parallelism: 1 is
+    data-parallel attention (each GPU attends its own requests, SGLang's
+    ``--enable-dp-attention``); t > 1 splits heads, dense MLP and LM head over groups of t
+    consecutive GPUs of a node, which all-reduce the attention output (phase
+    ``allreduce``) and split the group's tokens evenly for the expert all-to-all (vLLM's
+    sequence-parallel MoE). Must divide the GPUs per node and the attention heads."""
     costs: CostModel = ROOFLINE
     """Where compute costs come from: the calibrated roofline (default) or measured
     tables, which fall back to the roofline outside their coverage and say so
@@ -83,6 +93,9 @@ class SimOptions:
         if self.alltoall is not None and self.alltoall not in ENGINES:
             raise MacssimError(f'SimOptions: "alltoall" must be one of {", ".join(ENGINES)}, '
                                f"got {self.alltoall!r}")
+        if not (isinstance(self.attention_tp, int) and self.attention_tp >= 1):
+            raise MacssimError(f'SimOptions: "attention_tp" must be an integer >= 1, got '
+                               f"{self.attention_tp!r}")
         if not self.router_s >= 0:
             raise MacssimError(f'SimOptions: "router_s" must be >= 0, got {self.router_s!r}')
         if not 0 <= self.flow_end_rtol < 1:
@@ -112,6 +125,7 @@ class _Plan:
     shared_s: np.ndarray        # [G]
     head_s: np.ndarray          # [G]
     loads: tuple[LayerLoad, ...]
+    allreduce_bytes: np.ndarray  # [G] attention output each GPU all-reduces (TP > 1)
 
 
 def simulate_step(topo: Topology, model: ModelFacts, placement: Placement, step_kind: str, *,
@@ -141,6 +155,11 @@ def simulate_step(topo: Topology, model: ModelFacts, placement: Placement, step_
     """
     options = options or SimOptions()
     check_precision(topo, options.precision)
+    if topo.gpus_per_node % options.attention_tp:
+        raise TopologyError(f"attention_tp = {options.attention_tp} must divide the "
+                            f"{topo.gpus_per_node} GPUs per node of {topo.name!r} (a TP group "
+                            f"stays inside a node)")
+    tensor_parallel_shard(model, options.attention_tp)   # refuses heads it cannot split
     token_gpu, position, modality, request_id = _check_inputs(
         topo, model, placement, step_kind, token_gpu, position, modality, layers, request_id)
     plan = _plan(topo, model, placement, step_kind, token_gpu, position, modality, layers,
@@ -211,21 +230,40 @@ def _plan(topo: Topology, model: ModelFacts, placement: Placement, step_kind: st
           layers: Sequence[LayerRouting], request_id: np.ndarray | None,
           options: SimOptions) -> _Plan:
     gpu, num_gpus = topo.gpu, topo.num_gpus
-    prec, costs = options.precision, options.costs
-    tokens = np.bincount(token_gpu, minlength=num_gpus).astype(np.float64)
+    prec, costs, tp = options.precision, options.costs, options.attention_tp
     req_gpu, context = _requests(token_gpu, position, request_id)
-    requests = np.bincount(req_gpu, minlength=num_gpus).astype(np.float64)
-    kv_read = np.bincount(req_gpu, weights=context, minlength=num_gpus)
-    context_sum = np.bincount(token_gpu, weights=position + 1.0, minlength=num_gpus)
-    attention = costs.attention_s(model, gpu, tokens, kv_read, context_sum, prec)
-    dense_layer = attention + costs.dense_mlp_s(model, gpu, tokens, prec)
+    # Attention and dense layers run per group of tp GPUs on the group's tokens, each GPU
+    # with 1/tp of the heads and weights (tp = 1: every GPU its own tokens, whole model).
+    group = token_gpu // tp
+    shard = tensor_parallel_shard(model, tp)
+    per_group = num_gpus // tp
+    members = np.repeat(np.arange(per_group), tp)     # [G] each GPU's group
+
+    def by_group(index: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(index, weights=weights, minlength=per_group)[members]
+
+    group_tokens = by_group(group).astype(np.float64)
+    requests = by_group(req_gpu // tp).astype(np.float64)
+    kv_read = by_group(req_gpu // tp, context.astype(np.float64))
+    context_sum = by_group(group, position + 1.0)
+    attention = costs.attention_s(shard, gpu, group_tokens, kv_read, context_sum, prec)
+    dense_layer = attention + costs.dense_mlp_s(shard, gpu, group_tokens, prec)
     moe = np.asarray(model.moe_layers)
     before = np.diff(np.concatenate([[-1], moe])) - 1
     trailing = model.num_layers - 1 - int(moe[-1])
     is_vision = np.isin(modality, _VISION_CODES)
     vision = (costs.vision_s(model, gpu, np.bincount(token_gpu[is_vision], minlength=num_gpus))
               if step_kind == "prefill" else np.zeros(num_gpus))
-    head = (trailing * dense_layer + costs.head_s(model, gpu, requests, prec)
+    allreduce_bytes = (group_tokens * row_bytes(model, "bf16") if tp > 1
+                       else np.zeros(num_gpus))
+    if tp > 1:
+        # A dense layer all-reduces twice (attention and MLP outputs); those layers run
+        # outside the MoE layers' collectives, so their all-reduces are costed alone.
+        dense_allreduce = 2.0 * allreduce_s(topo, tp, allreduce_bytes)
+        dense_layer = dense_layer + dense_allreduce
+        token_gpu = sequence_parallel_split(token_gpu, tp)
+    tokens = np.bincount(token_gpu, minlength=num_gpus).astype(np.float64)
+    head = (trailing * dense_layer + costs.head_s(shard, gpu, requests, prec)
             if options.include_head else np.zeros(num_gpus))
     experts = ExpertMap.from_placement(placement)
     token_bytes = row_bytes(model, prec.dispatch)  # one dispatched token copy
@@ -234,13 +272,13 @@ def _plan(topo: Topology, model: ModelFacts, placement: Placement, step_kind: st
                   for i, routing in enumerate(layers))
     # Every layer's [G, S] rows per expert slot, costed in one call: [L·G, S] -> [L, G].
     rows = np.concatenate([ld.rows_per_slot for ld in loads])
-    experts_s = costs.expert_phase_s(model, gpu, rows, prec).reshape(
-        len(loads), num_gpus)
+    experts_s = costs.expert_phase_s(model, gpu, rows, prec).reshape(len(loads), num_gpus)
     return _Plan(
         tokens=tokens, vision_s=vision, dense_before_s=np.outer(before, dense_layer),
         attention_s=attention, router_s=options.router_s * (tokens > 0),
         experts_s=experts_s,
-        shared_s=costs.shared_experts_s(model, gpu, tokens, prec), head_s=head, loads=loads)
+        shared_s=costs.shared_experts_s(model, gpu, tokens, prec), head_s=head, loads=loads,
+        allreduce_bytes=allreduce_bytes)
 
 
 @dataclass
@@ -249,9 +287,11 @@ class _LayerSim:
 
     dispatch: Collective
     combine: Collective
+    allreduce: Collective | None
     arrivals: list[simpy.Event]
     barrier: simpy.Event
     arrival_s: list[float]
+    moe_start_s: list[float]
     start_s: float = 0.0
     end_s: float = 0.0
 
@@ -272,6 +312,7 @@ class _StepRun:
         self.log: list[tuple[int, int, int, float, float]] = []
         self.alltoall = alltoall_spec(topo, options)
         self.token_bytes = {"dispatch": dispatch_bytes, "combine": combine_bytes}
+        self.tp = options.attention_tp
         # Plain-float copies: a process reads a handful of scalars per phase.
         self.dense_s = plan.dense_before_s.tolist()
         self.experts_s = plan.experts_s.tolist()
@@ -295,8 +336,12 @@ class _StepRun:
                                   self.token_bytes[phase], phase),
                        topo.num_gpus)
             for phase in ("dispatch", "combine"))
+        allreduce = (Collective(self.env, self.network, self.routes,
+                                allreduce_legs(topo, self.tp, self.plan.allreduce_bytes),
+                                topo.num_gpus) if self.tp > 1 else None)
         arrivals, barrier = self._barrier()
-        layer = _LayerSim(dispatch, combine, arrivals, barrier, [0.0] * self.topo.num_gpus)
+        layer = _LayerSim(dispatch, combine, allreduce, arrivals, barrier,
+                          [0.0] * topo.num_gpus, [0.0] * topo.num_gpus)
         barrier.callbacks.append(lambda _e: setattr(layer, "end_s", self.env.now))
         return layer
 
@@ -327,6 +372,9 @@ class _StepRun:
                    ) -> Generator[simpy.Event, Any, None]:
         yield from self._compute(layer, g, _DENSE, self.dense_s[layer][g])
         yield from self._compute(layer, g, _ATTENTION, self.attention_s[g])
+        if sim.allreduce is not None:
+            yield from self._communicate(layer, g, _ALLREDUCE, sim.allreduce)
+        sim.moe_start_s[g] = self.env.now
         yield from self._compute(layer, g, _ROUTER, self.router_s[g])
         yield from self._communicate(layer, g, _DISPATCH, sim.dispatch)
         yield from self._compute(layer, g, _EXPERTS, self.experts_s[layer][g])
@@ -352,13 +400,14 @@ class _StepRun:
 
     def result(self, step: int, step_kind: str, num_tokens: int) -> StepResult:
         plan, num_gpus = self.plan, self.topo.num_gpus
-        attention_each = (plan.dense_before_s + plan.attention_s[None, :]).max(axis=1)
         layers, gpu_layers = [], []
         for layer, sim in enumerate(self.layers):
             load = plan.loads[layer]
             arrival = np.array(sim.arrival_s) - sim.start_s
             latency = sim.end_s - sim.start_s
-            attention = float(attention_each[layer])
+            # Attention ends, and the MoE layer starts, when the last GPU is done with
+            # its attention (and all-reduce): the GPUs' router start, at the latest.
+            attention = max(sim.moe_start_s) - sim.start_s
             padded = padded_rows(load.rows_per_slot, GROUPED_GEMM.tile_rows)
             hottest = (load.rows_per_slot.max(axis=1) if load.rows_per_slot.shape[1]
                        else np.zeros(num_gpus, np.int64)).tolist()

@@ -29,7 +29,15 @@ from macssim.cost._aiconfigurator import (
     tables_from_aiconfigurator,
 )
 from macssim.cost._backend import ROOFLINE, CostModel, Roofline
-from macssim.cost._collectives import alltoall_s, collective_s, count_tokens, token_counts
+from macssim.cost._collectives import (
+    ALLREDUCE_FIXED_S,
+    allreduce_legs,
+    allreduce_s,
+    alltoall_s,
+    collective_s,
+    count_tokens,
+    token_counts,
+)
 from macssim.cost._engines import (
     NCCL_FIT,
     Collective,
@@ -63,6 +71,9 @@ from macssim.cost._roofline import (
 from macssim.cost._table import OPS, CostTable, OpSchema, load_table, save_table, table_from_frame
 
 __all__ = [
+    "ALLREDUCE_FIXED_S",
+    "allreduce_legs",
+    "allreduce_s",
     "ROOFLINE",
     "CostModel",
     "Roofline",

@@ -11,6 +11,7 @@ import pytest
 
 from macssim import MacssimError, TopologyError
 from macssim.cluster import LayerRouting, SimOptions, simulate_step
+from macssim.cluster.metrics import PHASES
 from macssim.cost._engines import DEEPEP_FIXED_S, DEEPEP_NVLINK_EFFICIENCY, NCCL_FIT
 from macssim.placement import Placement, contiguous_placement
 
@@ -215,8 +216,10 @@ def test_every_gpu_runs_every_phase_back_to_back(make_topo, tiny_model):
         assert (mine["end_s"] >= mine["start_s"]).all()
         assert np.allclose(mine["start_s"][1:], mine["end_s"][:-1], rtol=0, atol=1e-15)
         per_layer = [mine[mine["layer"] == layer]["phase"].tolist() for layer in range(2)]
-        assert per_layer == [[1, 2, 3, 4, 5, 6, 7, 8]] * 2
-        assert mine[mine["layer"] == 2]["phase"].tolist() == [9]  # the head
+        names = ["dense", "attention", "router", "dispatch", "experts", "shared_experts",
+                 "combine", "barrier"]  # no allreduce: data-parallel attention
+        assert per_layer == [[PHASES.index(n) for n in names]] * 2
+        assert mine[mine["layer"] == 2]["phase"].tolist() == [PHASES.index("head")]
     assert table["end_s"].max() == pytest.approx(result.step_latency_s, rel=1e-12)
 
 
