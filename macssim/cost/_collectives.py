@@ -123,9 +123,10 @@ def allreduce_legs(topology: Topology, group_size: int, bytes_per_gpu: np.ndarra
     its ring neighbour ``2·(t − 1)/t`` of its buffer (reduce-scatter then all-gather), at
     NCCL's size efficiency (``NCCL_FIT``), once every GPU of its group has joined.
 
-    Against the same measured 8-rank table: −14 % to +15 % from 1 MiB to 512 MiB per rank
-    (the model's NVLink capacity is all-to-all's 370 GB/s; NCCL's all-reduce reaches a bus
-    bandwidth of 393 GB/s at 512 MiB), exact at the small-message floor."""
+    Against the same measured 8-rank table: −7 %…0 % up to 16 KiB per rank, −19 %…−3 %
+    from 32 KiB to 32 MiB (NCCL's protocol switches are not modelled), +9 %…+15 % from
+    64 MiB to 512 MiB (the model's NVLink capacity is all-to-all's 370 GB/s; NCCL's
+    all-reduce reaches a bus bandwidth of 393 GB/s at 512 MiB)."""
     t = int(group_size)
     g = topology.num_gpus
     if t < 1 or topology.gpus_per_node % t:
