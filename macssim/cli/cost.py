@@ -86,7 +86,8 @@ def keys_command(table: Path) -> None:
               "existing file is never overwritten).")
 def convert_command(system: str, out: Path) -> None:
     """Convert aiconfigurator-core's measured tables for one system into macssim's format
-    (pip install -e ".[aiconfigurator]")."""
+    (pip install -e ".[aiconfigurator]"). `macssim replay --tables OUT` then reads
+    gemm.csv and moe.csv from it, with no aiconfigurator-core installed."""
     from macssim.cost import save_table, tables_from_aiconfigurator
 
     try:

@@ -128,9 +128,19 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
               "weights, FP8 dispatch, BF16 combine); fp8 (also attention projections, dense "
               "MLP and LM head in FP8). FP8 needs the topology's gpu.fp8_flops_per_s; "
               "docs/cluster.md.")
+@click.option("--costs", type=click.Choice(["auto", "measured", "roofline"]), default="auto",
+              show_default=True, help="Where compute costs come from: measured tables (the "
+              "topology's cost_tables, from --tables or an installed aiconfigurator-core; "
+              "the roofline for shapes they do not cover), or the roofline. auto: measured "
+              "where tables are found, else the roofline (said once); docs/cost-tables.md.")
+@click.option("--tables", "tables_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Directory of measured tables in macssim's format "
+              "(gemm.csv, moe.csv: what `macssim cost convert` writes). Default: the "
+              "installed aiconfigurator-core's, if any.")
 @click.option("--list", "list_only", is_flag=True, help="List policies and topology presets.")
 def command(trace_path, policies, topology, gamma, params, max_steps, calibration_trace,
-            out_dir, force, seed, device, network_rtol, alltoall, precision, list_only) -> None:
+            out_dir, force, seed, device, network_rtol, alltoall, precision, costs, tables_dir,
+            list_only) -> None:
     """Replay a routing trace through a simulated expert-parallel cluster under each
     policy and measure the straggler delay each leaves.
 
@@ -163,7 +173,7 @@ def command(trace_path, policies, topology, gamma, params, max_steps, calibratio
                           capacity_factor=gamma, policy_params=_parse_params(params),
                           max_steps=max_steps, calibration_trace=calibration_trace, seed=seed,
                           device=device, network_rtol=network_rtol, alltoall=alltoall,
-                          precision=precision)
+                          precision=precision, costs=costs, tables=tables_dir)
     out_dir = out_dir or _default_out(trace_path, topology, gamma)
     with library_errors():
         bar = tqdm(total=0, unit="step", desc="replay", disable=None, file=sys.stderr)
@@ -178,6 +188,8 @@ def command(trace_path, policies, topology, gamma, params, max_steps, calibratio
             finally:
                 bar.close()
             report = writer.finish(result, command_line=["macssim", *sys.argv[1:]])
+    if result.costs.get("note"):
+        click.echo(result.costs["note"])
     _print_summary(report.summary, result)
     click.echo(f"\nreport: {_shown(report.directory)}  ({', '.join(report.files)})")
     if report.directory != Path(os.path.abspath(out_dir)):

@@ -6,7 +6,8 @@ Two backends answer the same questions:
 - the **roofline** (``expert_phase_s``, ``attention_s``, ``gemm_s`` …): FLOPs and bytes
   against the GPU's calibrated peaks, with the kernel effects a roofline misses added in
   closed form (row tiles, small-expert efficiency, fixed kernel costs; docs/cluster.md);
-- **measured tables** (``load_table``, ``predict``; ``CostTables`` for a whole system):
+- **measured tables** (``load_table``, ``predict``; ``MeasuredCosts``, the backend replay
+  uses, built by ``cost_model_for`` from a topology's ``cost_tables``):
   per-operation latencies measured on real hardware in macssim's own format
   (docs/cost-tables.md), NVIDIA aiconfigurator-core's converted by
   :func:`from_aiconfigurator`, interpolated log-log between neighbouring measurements.
@@ -55,6 +56,12 @@ from macssim.cost._interpolate import (
     predict,
     predict_detail,
 )
+from macssim.cost._measured import (
+    COSTS_CHOICES,
+    MeasuredCosts,
+    cost_model_for,
+    load_tables_dir,
+)
 from macssim.cost._precision import PRECISION_PRESETS, Precision, check_precision
 from macssim.cost._roofline import (
     GROUPED_GEMM,
@@ -75,7 +82,9 @@ __all__ = [
     "allreduce_legs",
     "allreduce_s",
     "ROOFLINE",
+    "COSTS_CHOICES",
     "CostModel",
+    "MeasuredCosts",
     "Roofline",
     "Collective",
     "CostError",
@@ -98,6 +107,7 @@ __all__ = [
     "build_legs",
     "check_precision",
     "collective_s",
+    "cost_model_for",
     "count_tokens",
     "dense_mlp_s",
     "engine_parameters",
@@ -106,6 +116,7 @@ __all__ = [
     "head_s",
     "leave_one_out",
     "load_table",
+    "load_tables_dir",
     "max_min_rates",
     "nccl_size_efficiency",
     "padded_rows",

@@ -36,6 +36,7 @@ from macssim._validate import (
 from macssim.hardware._alltoall import AllToAllSpec, parse_alltoall
 
 __all__ = [
+    "CostTablesSpec",
     "GpuSpec",
     "NvlinkSpec",
     "NicSpec",
@@ -119,6 +120,22 @@ class SwitchSpec:
 
 
 @dataclass(frozen=True)
+class CostTablesSpec:
+    """Which measured per-operation tables describe this hardware (YAML ``cost_tables``):
+    one (system, framework, version) of macssim's table format, e.g. aiconfigurator-core's
+    ``h100_sxm`` / ``trtllm`` / ``1.3.0rc20`` (docs/cost-tables.md). Naming them does not
+    require them: replay uses them where it finds them (``--tables`` or an installed
+    aiconfigurator-core) and says so in ``run.json``."""
+
+    system: str
+    framework: str
+    version: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class Topology:
     """A cluster: ``nodes`` × ``gpus_per_node`` GPUs of one kind, NVLink inside a node,
     NICs and one switch between nodes. GPU ids run node-major: GPU g sits on node
@@ -138,6 +155,8 @@ class Topology:
     alltoall: AllToAllSpec = AllToAllSpec()
     """The all-to-all engine dispatch and combine run as (``nccl``, ``deepep-normal``,
     ``deepep-ll``, ``ideal``; see ``_engines``); an engine name is accepted too."""
+    cost_tables: CostTablesSpec | None = None
+    """The measured tables for this GPU kind (None: none named; the roofline answers)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alltoall",
@@ -240,6 +259,12 @@ def _check_topology(t: Topology) -> None:
         if value is None and field in _NONE_OK:
             continue
         check_number(value, where, field, low=low, high=high, error=err)
+    if t.cost_tables is not None:
+        if not isinstance(t.cost_tables, CostTablesSpec):
+            raise err(f'{where}: "cost_tables" must be a CostTablesSpec (system, framework, '
+                      f"version), got {brief(t.cost_tables)}")
+        for name in ("system", "framework", "version"):
+            check_text(getattr(t.cost_tables, name), where, f"cost_tables.{name}", error=err)
     if t.nodes > 1 and (t.nic is None or t.switch is None):
         missing = "nic" if t.nic is None else "switch"
         raise err(f'{where}: "{missing}" is required when "nodes" > 1 (got nodes: {t.nodes})')
@@ -262,15 +287,18 @@ def _check_topology(t: Topology) -> None:
 # YAML loading
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
-    "": ("name", "nodes", "gpus_per_node", "gpu", "nvlink", "nic", "switch", "alltoall"),
+    "": ("name", "nodes", "gpus_per_node", "gpu", "nvlink", "nic", "switch", "alltoall",
+         "cost_tables"),
     "gpu": ("kind", "bf16_flops_per_s", "hbm_bytes_per_s", "memory_bytes",
             "compute_efficiency", "memory_efficiency", "fp8_flops_per_s",
             "fp8_compute_efficiency"),
     "nvlink": ("bw_bytes_per_s", "latency_s", "efficiency"),
     "nic": ("per_node", "rate_bytes_per_s", "latency_s", "efficiency"),
     "switch": ("latency_s", "non_blocking", "fabric_bw_bytes_per_s"),
+    "cost_tables": ("system", "framework", "version"),
 }
-_OPTIONAL = {"name", "nic", "switch", "alltoall", "switch.non_blocking", "gpu.fp8_flops_per_s",
+_OPTIONAL = {"name", "nic", "switch", "alltoall", "cost_tables", "switch.non_blocking",
+             "gpu.fp8_flops_per_s",
              "gpu.fp8_compute_efficiency",
              "switch.fabric_bw_bytes_per_s"}
 
@@ -323,6 +351,10 @@ def _parse(data: Any, where: str, default_name: str) -> Topology:
         switch = SwitchSpec(latency_s=sw_r.raw("latency_s"),
                             non_blocking=True if non_blocking is None else non_blocking,
                             fabric_bw_bytes_per_s=sw_r.raw("fabric_bw_bytes_per_s"))
+    cost_tables = None
+    if (ct_r := top.sub("cost_tables")) is not None:
+        cost_tables = CostTablesSpec(**{name: ct_r.raw(name)
+                                        for name in _SECTIONS["cost_tables"]})
     name = top.raw("name")
     return Topology(
         name=default_name if name is None else name,
@@ -331,6 +363,7 @@ def _parse(data: Any, where: str, default_name: str) -> Topology:
         gpus_per_node=top.raw("gpus_per_node"),
         nvlink=nvlink, nic=nic, switch=switch, source=where,
         alltoall=parse_alltoall(top.raw("alltoall"), where),
+        cost_tables=cost_tables,
     )
 
 

@@ -28,7 +28,7 @@ from macssim.cluster import (
     chrome_trace,
     simulate_step,
 )
-from macssim.cost import PRECISION_PRESETS, check_precision
+from macssim.cost import COSTS_CHOICES, PRECISION_PRESETS, check_precision, cost_model_for
 from macssim.hardware import ENGINES, Topology, load_topology
 from macssim.placement import contiguous_placement
 from macssim.policies import DropStats, Policy, expert_labels_from_trace, get_policy
@@ -73,6 +73,13 @@ class ReplayConfig:
     BF16, the model before precisions), ``fp8-experts`` (routed and shared experts in
     FP8, FP8 dispatch, BF16 combine), ``fp8`` (also attention projections, dense MLP and
     LM head in FP8). FP8 compute needs the topology's ``gpu.fp8_flops_per_s``."""
+    costs: str = "auto"
+    """Where compute costs come from: ``auto`` (the measured tables the topology names in
+    ``cost_tables`` where they are found, else the roofline, said so), ``measured``
+    (tables required), ``roofline``; docs/cost-tables.md."""
+    tables: Path | None = None
+    """Directory of measured tables in macssim's format (``gemm.csv``, ``moe.csv``, as
+    ``macssim cost convert`` writes them); None: an installed aiconfigurator-core's."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -80,6 +87,7 @@ class ReplayConfig:
         d["calibration_trace"] = None if self.calibration_trace is None else str(
             self.calibration_trace)
         d["policies"] = list(self.policies)
+        d["tables"] = None if self.tables is None else str(self.tables)
         return d
 
 
@@ -109,6 +117,9 @@ class ReplayResult:
     policy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Policy -> the parameters it ran with, defaults and the added baseline included."""
     versions: dict[str, str] = field(default_factory=dict)
+    costs: dict[str, Any] = field(default_factory=dict)
+    """Which cost backend answered, why, and its coverage (what answered each operation:
+    a table or the roofline, with the reason), for ``run.json``."""
 
 
 def _check_config(config: ReplayConfig) -> None:
@@ -131,6 +142,9 @@ def _check_config(config: ReplayConfig) -> None:
     if not isinstance(config.precision, str) or config.precision not in PRECISION_PRESETS:
         raise MacssimError(f'{where}: "precision" must be one of '
                            f'{", ".join(PRECISION_PRESETS)}, got {brief(config.precision)}')
+    if not isinstance(config.costs, str) or config.costs not in COSTS_CHOICES:
+        raise MacssimError(f'{where}: "costs" must be one of {", ".join(COSTS_CHOICES)}, got '
+                           f"{brief(config.costs)}")
     if config.alltoall is not None and config.alltoall not in ENGINES:
         raise MacssimError(f'{where}: "alltoall" must be one of {", ".join(ENGINES)}, got '
                            f"{brief(config.alltoall)}")
@@ -208,6 +222,7 @@ def replay(config: ReplayConfig,
     topology = load_topology(config.topology)
     precision = PRECISION_PRESETS[config.precision]
     check_precision(topology, precision)
+    costs, costs_record = cost_model_for(topology, tables=config.tables, costs=config.costs)
     placement = contiguous_placement(model.num_experts, topology.num_gpus)
     policies = _build_policies(config, trace.has("scores"))
     for name, policy in policies.items():
@@ -239,7 +254,7 @@ def replay(config: ReplayConfig,
                 for name in policies}
     chrome: dict[str, dict[str, Any]] = {}
     options = SimOptions(flow_end_rtol=config.network_rtol, alltoall=config.alltoall,
-                         precision=precision)
+                         precision=precision, costs=costs)
     config = dataclasses.replace(config, alltoall=alltoall_spec(topology, options).engine)
     # One assigner for the whole trace: a request keeps the GPU that holds its KV cache.
     assigner = RequestAssigner(topology.num_gpus)
@@ -286,6 +301,7 @@ def replay(config: ReplayConfig,
         phases=pd.concat(phase_frames, ignore_index=True) if phase_frames else None,
         gpu_load=gpu_load,
         drops=drops, timelines=chrome, versions=_versions(),
+        costs={**costs_record, **costs.coverage()},
         policy_params={name: dict(p.params) for name, p in policies.items()})
 
 

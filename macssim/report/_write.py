@@ -89,7 +89,7 @@ class ReportWriter:
         """CSVs (summary, layers, steps, drops; phases unless streamed), PNG plots, the
         first step's Perfetto timeline per policy (``timeline-<policy>.json``, open in
         ui.perfetto.dev), and ``run.json`` (command line, config, versions, seed, trace
-        checksum)."""
+        checksum, which cost backend answered and its coverage)."""
         tmp = self._tmp
         summary = summarize(result.layers, result.steps, result.drops, result.policies)
         summary.to_csv(tmp / "summary.csv", index=False)
@@ -113,6 +113,7 @@ class ReportWriter:
             "policies_replayed": list(result.policies),
             "policy_params": result.policy_params,
             "versions": result.versions,
+            "costs": result.costs,
         }
         (tmp / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         files = tuple(sorted(p.name for p in tmp.iterdir()))
