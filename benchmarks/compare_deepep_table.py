@@ -45,8 +45,8 @@ def main() -> None:
         for eng in ("ideal", engine):
             out = []
             for token_bytes in ((FP8, BF16) if row.phase == "dispatch" else (BF16, BF16)):
-                t = float(collective_s(topo, AllToAllSpec(eng), counts, token_bytes,
-                                             row.phase, receivers_wait=True).max())
+                t = float(collective_s(topo, counts, token_bytes, row.phase,
+                                       AllToAllSpec(eng), receivers_wait=True).max())
                 out.append(t)
             meas = row.latency_s
             print(f"| {row.mode} | {row.phase} | {row.tokens} | {meas * 1e6:.1f} | {eng} | "

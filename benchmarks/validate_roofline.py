@@ -5,9 +5,9 @@ Reads the aiconfigurator-core 0.12.0 tables for H100 SXM converted to macssim's 
 ``macssim cost convert --out DIR`` after ``pip install -e ".[aiconfigurator]"``) and, on the
 ``8xH100`` preset, compares each measured point with what macssim computes for it:
 
-1. GEMM (TRT-LLM 1.3.0rc20, ``torch_flow``): ``roofline_s(2mnk, bytes, gpu, dtype)`` with
-   bytes = (mk + kn + mn)·2 in BF16; in FP8 (``fp8`` per-tensor and ``fp8_block``, both
-   costed as macssim's FP8) m·(k + 4·⌈k/128⌉) + kn + 2mn, at the FP8 peak. Grid: every
+1. GEMM (TRT-LLM 1.3.0rc20, ``torch_flow``): ``gemm_s(gpu, m, n, k, dtype)`` (fixed
+   kernel cost plus roofline; FP8 with its activation quantisation: ``fp8_block`` rows with
+   block scaling, macssim's FP8, ``fp8`` rows with per-tensor scaling). Grid: every
    measured m ≤ 16384, n and k in MODEL_SIZES.
 2. Fused MoE (TRT-LLM ``moe_torch_flow_cutlass``, SwiGLU, ``balanced``, TP 1, EP 8, BF16 and
    FP8): ``expert_phase_s`` of one rank. ``tokens`` is the batch entering the layer across
@@ -48,7 +48,7 @@ import pandas as pd
 from macssim.cost import TokenCounts, collective_s, load_table
 from macssim.cost._precision import Precision, fp8_row_bytes
 from macssim.cost._published import _uniform_done_s
-from macssim.cost._roofline import GROUPED_GEMM, expert_phase_s, roofline_s
+from macssim.cost._roofline import GROUPED_GEMM, expert_phase_s, gemm_s
 from macssim.hardware import AllToAllSpec, load_topology
 from macssim.trace import ModelFacts
 
@@ -89,13 +89,12 @@ def gemm(tables: Path, gpu) -> list[tuple[str, np.ndarray]]:
         d = df[df.dtype == dtype]
         if d.empty:
             continue
-        m, n, k = (d[c].to_numpy(np.float64) for c in ("m", "n", "k"))
-        flops = 2 * m * n * k
-        if label == "bf16":
-            nbytes = (m * k + k * n + m * n) * 2
-        else:
-            nbytes = m * np.array([fp8_row_bytes(int(x)) for x in k]) + k * n + 2 * m * n
-        err = roofline_s(flops, nbytes, gpu, label) / d.latency_s.to_numpy() - 1
+        m = d.m.to_numpy(np.float64)
+        scaling = "tensor" if dtype == "fp8" else "block"
+        pred = np.empty(m.size)
+        for (n, k), idx in d.groupby(["n", "k"]).indices.items():
+            pred[idx] = gemm_s(gpu, m[idx], int(n), int(k), label, fp8_scaling=scaling)
+        err = pred / d.latency_s.to_numpy() - 1
         for lo, hi in M_BUCKETS:
             sel = (m >= lo) & (m <= hi)
             out.append((f"GEMM {dtype}, m {lo}–{hi}", err[sel]))
@@ -187,8 +186,8 @@ def deepep(tables: Path, topo) -> list[tuple[str, np.ndarray]]:
             for r in g.itertuples():
                 tb = fp8_row_bytes(int(r.hidden)) if phase == "dispatch" else 2 * int(r.hidden)
                 counts = expected_counts(int(r.tokens), int(r.topk), int(r.experts))
-                pred.append(float(collective_s(topo, AllToAllSpec(engine), counts, tb,
-                                                     phase, receivers_wait=True).max()))
+                pred.append(float(collective_s(topo, counts, tb, phase,
+                                               AllToAllSpec(engine), receivers_wait=True).max()))
             err = np.array(pred) / g.latency_s.to_numpy() - 1
             tok = g.tokens.to_numpy()
             out += [(f"DeepEP {mode} {phase} ({engine}), all", err),

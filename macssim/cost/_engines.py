@@ -32,7 +32,8 @@ import simpy
 from macssim.cost._flows import FlowNetwork
 from macssim.hardware import AllToAllSpec, Routes
 
-__all__ = ["NCCL_FIT", "Collective", "Legs", "TokenCounts", "build_legs", "engine_parameters",
+__all__ = ["DEEPEP_COMBINE_FIXED_S", "DEEPEP_LL_FIXED_S", "DEEPEP_LL_NVLINK_EFFICIENCY",
+           "NCCL_FIT", "Collective", "Legs", "TokenCounts", "build_legs", "engine_parameters",
            "nccl_size_efficiency"]
 
 @dataclass(frozen=True)
@@ -78,18 +79,41 @@ DEEPEP_FIXED_S = 15e-6
 NVIDIA's measured DeepEP normal table for H100 (aiconfigurator-core, SGLang 0.5.12,
 notes/fidelity.md); 15 µs on top of the 10 µs link latency."""
 
+DEEPEP_COMBINE_FIXED_S = 28e-6
+"""Normal combine's fixed cost, in place of ``DEEPEP_FIXED_S``: besides the notify
+exchange the combine reduces each token's top-k partial results on its home rank. Fitted
+to the combine rows of NVIDIA's measured DeepEP normal table for H100 (aiconfigurator-core
+0.12.0, SGLang 0.5.12, EP8, 24 SMs): the one-token floor is 30-49 µs, median 38 µs over
+its 18 shapes; 28 µs on top of the 10 µs link latency."""
+DEEPEP_LL_FIXED_S = 2e-6
+"""Low-latency kernels' fixed cost: their one-token floor in NVIDIA's measured DeepEP
+low-latency table for H100 (same source, EP8, 16 shapes) is 9-17 µs, median 12 µs:
+2 µs on top of the 10 µs link latency."""
+DEEPEP_LL_NVLINK_EFFICIENCY = {"dispatch": 0.68, "combine": 0.60}
+"""What the low-latency kernels reach of the calibrated NVLink capacity per phase (few
+SMs, per-expert receive buffers; combine also does the weighted top-k reduction on the
+receiving side). Fitted to the >= 512 tokens-per-rank rows of the same low-latency table
+(32 rows per phase), where the fixed cost no longer matters: without it the model is
+32 % (dispatch) and 41 % (combine) too fast there."""
+
 _DEFAULTS: dict[str, tuple[float, float, float]] = {  # (nvlink_eff, rdma_eff, fixed_s)
     "ideal": (1.0, 1.0, 0.0),
     "nccl": (1.0, 1.0, NCCL_FIT.fixed_s),
     "deepep-normal": (DEEPEP_NVLINK_EFFICIENCY, DEEPEP_RDMA_EFFICIENCY, DEEPEP_FIXED_S),
-    "deepep-ll": (1.0, 1.0, 0.0),
+    "deepep-ll": (1.0, 1.0, DEEPEP_LL_FIXED_S),
 }
 
 
-def engine_parameters(spec: AllToAllSpec) -> tuple[float, float, float]:
-    """``(nvlink_efficiency, rdma_efficiency, fixed_s)`` of ``spec``: its own values where
-    it sets them, the engine's calibrated defaults elsewhere."""
+def engine_parameters(spec: AllToAllSpec, phase: str = "dispatch"
+                      ) -> tuple[float, float, float]:
+    """``(nvlink_efficiency, rdma_efficiency, fixed_s)`` of ``spec`` in ``phase``: its own
+    values where it sets them, the engine's calibrated defaults elsewhere (DeepEP's differ
+    between dispatch and combine)."""
     nv, rdma, fixed = _DEFAULTS[spec.engine]
+    if spec.engine == "deepep-normal" and phase == "combine":
+        fixed = DEEPEP_COMBINE_FIXED_S
+    elif spec.engine == "deepep-ll":
+        nv = DEEPEP_LL_NVLINK_EFFICIENCY[phase]
     return (nv if spec.nvlink_efficiency is None else float(spec.nvlink_efficiency),
             rdma if spec.rdma_efficiency is None else float(spec.rdma_efficiency),
             fixed if spec.fixed_s is None else float(spec.fixed_s))
@@ -135,7 +159,7 @@ def build_legs(spec: AllToAllSpec, num_gpus: int, gpus_per_node: int, counts: To
     ``token_bytes`` is one token copy's bytes in the phase's precision (the caller's
     ``Precision``: BF16 h·b, FP8 dispatch h + 4·⌈h/128⌉)."""
     dispatch = phase == "dispatch"
-    nv_eff, rdma_eff, fixed = engine_parameters(spec)
+    nv_eff, rdma_eff, fixed = engine_parameters(spec, phase)
     node = np.arange(num_gpus) // gpus_per_node
     same = node[:, None] == node[None, :]
     rows: list[tuple[int, int, float, float, tuple[int, ...], tuple[int, ...]]] = []

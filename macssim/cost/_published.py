@@ -65,7 +65,7 @@ def _uniform_done_s(topo: Topology, bytes_per_rank: float, engine: str) -> float
     pair = np.full((num_gpus, num_gpus), bytes_per_rank / num_gpus)
     counts = TokenCounts(pair_tokens=pair, assignment_pairs=pair,
                          node_tokens=np.zeros((num_gpus, topo.nodes)))
-    return float(collective_s(topo, AllToAllSpec(engine), counts, 1.0, "dispatch").max())
+    return float(collective_s(topo, counts, 1.0, "dispatch", AllToAllSpec(engine)).max())
 
 
 def nccl_busbw_gb_per_s(topo: Topology, bytes_per_rank: float, engine: str = "nccl") -> float:
@@ -123,7 +123,7 @@ def deepep_gb_per_s(topo: Topology, seed: int = 0, engine: str = "deepep-normal"
     spec = AllToAllSpec(engine)
     result = []
     for token_bytes, phase in ((_FP8_TOKEN_BYTES, "dispatch"), (_BF16_TOKEN_BYTES, "combine")):
-        done = collective_s(topo, spec, counts, token_bytes, phase, receivers_wait=True)
+        done = collective_s(topo, counts, token_bytes, phase, spec, receivers_wait=True)
         if topo.nodes == 1:
             logical = counts.pair_tokens.sum(axis=0) * token_bytes     # received, incl. own
         else:

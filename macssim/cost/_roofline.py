@@ -19,6 +19,7 @@ from macssim._errors import MacssimError
 from macssim.cost._precision import (
     Precision,
     achievable_flops_per_s,
+    fp8_row_bytes,
     row_bytes,
     weight_bytes_per_element,
 )
@@ -26,7 +27,12 @@ from macssim.hardware import GpuSpec
 from macssim.trace import ModelFacts
 
 __all__ = [
+    "KERNEL_FIXED_S",
+    "FP8_HALF_EFFICIENCY_FLOPS",
+    "FP8_QUANT_KERNELS",
     "roofline_s",
+    "gemm_s",
+    "fp8_quantise_s",
     "attention_s",
     "dense_mlp_s",
     "GroupedGemm",
@@ -41,25 +47,99 @@ __all__ = [
 
 _BF16 = Precision()
 
+KERNEL_FIXED_S = 3e-6
+"""Fixed cost of one GEMM (or elementwise) kernel: launch, prologue, pipeline fill and the
+tail of the last wave. Fitted to the BF16 rows of NVIDIA's measured H100 GEMM table
+(aiconfigurator-core 0.12.0, TRT-LLM 1.3.0rc20 ``torch_flow``; m 1-16384, n and k
+768-16384): 3 µs added to the roofline brings the median |error| at m <= 1024 from 19-20 %
+to 5-9 % (2 µs: 7-11 %, 4 µs: 5-7 % but worse above m = 1024); an 768 x 768 GEMM takes
+3.6-3.8 µs whatever m <= 64. A tile/wave-quantisation term (CTAs of 128 x 128 or 64 x 128
+rounded up to full waves of 132 SMs) fits those rows worse (cuBLAS picks its tiles and
+split-K per shape), so there is none."""
+
+FP8_QUANT_KERNELS = {"block": 1, "tensor": 3}
+"""Kernels that quantise a GEMM's BF16 activation to FP8 before it runs. ``block`` (one
+fp32 scale per 128 elements of a row: DeepSeek-V3's recipe, what macssim's ``Precision``
+fp8 means): one pass, each row's groups scaled on their own. ``tensor`` (one dynamic scale
+for the tensor): the global amax must be known before any element is scaled, so a
+reduction, the scale, then the quantise pass. The count is fitted to the small-m rows of
+the measured H100 GEMM table (m <= 16: the per-tensor FP8 GEMM takes ~13 µs at 768 x 768
+against ~5 µs for block FP8 and ~3.7 µs for BF16: 3 and 1 extra kernels of
+``KERNEL_FIXED_S``)."""
+
+FP8_HALF_EFFICIENCY_FLOPS = 1e9
+"""Hockney's n½ in FLOPs for an FP8 GEMM: one of F FLOPs reaches ``fp8_compute_efficiency
+· F / (F + n½)`` of the FP8 peak (a ramp the fp8 kernels have and the BF16 ones do not
+show: at m >= 2048 the measured FP8 GEMMs reach 25-40 % of the FP8 peak below 7e10 FLOPs,
+53-68 % above 7e10). Fitted jointly with ``fp8_compute_efficiency`` = 0.50 on the FP8 and
+block-FP8 rows of the measured H100 GEMM table (docs/validation.md)."""
+
 
 def roofline_s(flops: np.ndarray, nbytes: np.ndarray, gpu: GpuSpec, dtype: str = "bf16"
                ) -> np.ndarray:
     """[G] seconds: the slower of computing ``flops`` (at the ``dtype`` tensor-core peak:
-    ``bf16`` or ``fp8``) and moving ``nbytes`` through HBM."""
+    ``bf16`` or ``fp8``) and moving ``nbytes`` through HBM. No fixed cost: the bound a
+    group of kernels cannot beat (``gemm_s`` adds what one kernel costs besides)."""
     peak = achievable_flops_per_s(gpu, dtype)
     return np.maximum(np.asarray(flops, dtype=np.float64) / peak,
                       np.asarray(nbytes, dtype=np.float64) / gpu.achievable_hbm_bytes_per_s)
+
+
+def fp8_quantise_s(gpu: GpuSpec, rows: np.ndarray, k: int, in_bytes: float = 2.0,
+                   scaling: str = "block") -> np.ndarray:
+    """Quantising ``rows`` activation rows of ``k`` elements to FP8 before a GEMM: the
+    ``FP8_QUANT_KERNELS[scaling]`` kernels' fixed cost (when there are rows) plus reading
+    each row in its dtype (``in_bytes`` per element) and writing it quantised
+    (``fp8_row_bytes(k)``: k bytes and one fp32 scale per 128), HBM-bound."""
+    if scaling not in FP8_QUANT_KERNELS:
+        raise MacssimError(f"fp8_quantise_s: scaling must be one of "
+                           f"{', '.join(FP8_QUANT_KERNELS)}, got {scaling!r}")
+    rows = np.asarray(rows, dtype=np.float64)
+    nbytes = rows * (k * in_bytes + fp8_row_bytes(k))
+    return ((rows > 0) * (FP8_QUANT_KERNELS[scaling] * KERNEL_FIXED_S)
+            + nbytes / gpu.achievable_hbm_bytes_per_s)
+
+
+def gemm_s(gpu: GpuSpec, m: np.ndarray, n: int, k: int, dtype: str = "bf16", *,
+           act_bytes: float = 2.0, fp8_scaling: str = "block") -> np.ndarray:
+    """One GEMM ``[m, k] x [k, n]`` (m rows of activations, a ``k x n`` weight), seconds::
+
+        time = KERNEL_FIXED_S + max(FLOPs / achieved peak, bytes / (HBM · memory_efficiency))
+
+    for every m > 0 (m = 0: no kernel, 0 s). FLOPs = 2·m·n·k. Bytes: the weight (k·n
+    elements, read once), the input rows and the output rows (``act_bytes`` per element).
+    BF16: the BF16 peak times ``compute_efficiency``, weights in ``act_bytes`` too. FP8: the
+    input is first quantised (``fp8_quantise_s``, ``fp8_scaling``), the GEMM reads it as
+    ``fp8_row_bytes(k)`` per row and 1-byte weights, writes its output in ``act_bytes``,
+    and reaches ``fp8_compute_efficiency · F / (F + FP8_HALF_EFFICIENCY_FLOPS)`` of the FP8
+    peak. The constants are fitted to NVIDIA's measured H100 GEMM table
+    (docs/validation.md, docs/cluster.md)."""
+    m = np.asarray(m, dtype=np.float64)
+    has = m > 0
+    sets = has * 1.0
+    flops = 2.0 * m * n * k
+    if dtype == "fp8":
+        nbytes = sets * k * n + m * fp8_row_bytes(k) + m * n * act_bytes
+        peak = achievable_flops_per_s(gpu, "fp8")
+        compute = (flops + has * FP8_HALF_EFFICIENCY_FLOPS) / peak
+        pre = fp8_quantise_s(gpu, m, k, act_bytes, fp8_scaling)
+    else:
+        nbytes = (sets * k * n + m * k + m * n) * act_bytes
+        compute = flops / achievable_flops_per_s(gpu, dtype)
+        pre = 0.0
+    memory = nbytes / gpu.achievable_hbm_bytes_per_s
+    return pre + has * KERNEL_FIXED_S + np.maximum(compute, memory)
 
 
 def attention_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray, kv_read: np.ndarray,
                 context_sum: np.ndarray, precision: Precision = _BF16) -> np.ndarray:
     """One decoder layer's attention block on each GPU.
 
-    Projections (QKV and output, a GEMM reading the layer's attention weights once per
-    GPU that has tokens): ``2·h·(q + 2·kv) + 2·q·h`` FLOPs per token. Attention core (QKᵀ
-    and PV): ``4·q·c`` FLOPs for a token attending to ``c`` positions, reading each of its
-    request's cached positions once (K and V: ``2·kv`` elements each) and writing its own.
-    Activations: the token's hidden state in and out. Here h = hidden size, q = heads ×
+    Projections: two GEMMs (``gemm_s``: fixed cost, roofline), QKV ``[t, h] x [h, q + 2·kv]``
+    and output ``[t, q] x [q, h]``, each reading its weights once per GPU that has tokens.
+    Attention core (QKᵀ and PV): ``4·q·c`` FLOPs for a token attending to ``c`` positions,
+    reading each of its request's cached positions once (K and V: ``2·kv`` elements each)
+    and writing its own (a roofline, no fixed cost). Here h = hidden size, q = heads ×
     head_dim, kv = KV heads × head_dim.
 
     Args:
@@ -72,27 +152,24 @@ def attention_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray, kv_read: np
     """
     h, bpe = model.hidden_size, model.bytes_per_element
     dt = precision.linear
-    wb = weight_bytes_per_element(model, dt)
     q = model.num_attention_heads * model.head_dim
     kv = model.num_kv_heads * model.head_dim
-    has = tokens > 0
-    proj_flops = (2 * h * (q + 2 * kv) + 2 * q * h) * tokens
-    proj_bytes = (has * (h * (q + 2 * kv) + q * h) * wb
-                  + (row_bytes(model, dt) + h * bpe) * tokens)
+    proj = (gemm_s(gpu, tokens, q + 2 * kv, h, dt, act_bytes=bpe)
+            + gemm_s(gpu, tokens, h, q, dt, act_bytes=bpe))
     core_flops = 4 * q * context_sum
     core_bytes = 2 * kv * bpe * (kv_read + tokens)
-    return (roofline_s(proj_flops, proj_bytes, gpu, dt)
-            + roofline_s(core_flops, core_bytes, gpu))
+    return proj + roofline_s(core_flops, core_bytes, gpu)
 
 
 def dense_mlp_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray,
                 precision: Precision = _BF16) -> np.ndarray:
-    """The SwiGLU MLP of a dense (non-MoE) decoder layer: ``6·h·I`` FLOPs per token,
-    weights ``3·h·I`` elements read once per GPU with tokens (``precision.linear``)."""
+    """The SwiGLU MLP of a dense (non-MoE) decoder layer (``precision.linear``): two GEMMs
+    (``gemm_s``), gate-up ``[t, h] x [h, 2·I]`` and down ``[t, I] x [I, h]``, ``6·h·I``
+    FLOPs per token, weights read once per GPU with tokens."""
     inter = model.dense_intermediate_size
     if inter <= 0:
         return np.zeros(tokens.shape)
-    return _swiglu_s(model, gpu, tokens, (tokens > 0) * 1.0, inter, precision.linear)
+    return _swiglu_s(model, gpu, tokens, inter, precision.linear)
 
 
 @dataclass(frozen=True)
@@ -123,9 +200,9 @@ class GroupedGemm:
     permute, gate-up GEMM, SwiGLU activation, down GEMM, finalize/unpermute (vLLM's
     ``fused_experts``: ``moe_align_block_size``, two ``fused_moe_kernel``, ``silu_and_mul``,
     ``moe_sum``)."""
-    kernel_fixed_s: float = 3e-6
-    """Fixed cost of each of those kernels (launch and ramp): the ~3–4 µs intercept of
-    measured H100 GEMM times (notes/fidelity.md, "Plain GEMMs"), lower end."""
+    kernel_fixed_s: float = KERNEL_FIXED_S
+    """Fixed cost of each of those kernels (launch and ramp): ``KERNEL_FIXED_S``, fitted to
+    the measured H100 GEMM table."""
 
     def __post_init__(self) -> None:
         if not (self.tile_rows >= 1 and self.half_efficiency_rows >= 0
@@ -160,12 +237,15 @@ def expert_phase_s(model: ModelFacts, gpu: GpuSpec, tokens_per_expert: np.ndarra
 
         compute = Σ_e 6·h·I·p_e / (peak · compute_efficiency · p_e / (p_e + n½))
         memory  = (3·h·I·w · #{e: m_e > 0} + (r + h·b) · Σ_e m_e) / (HBM · memory_efficiency)
-        time    = fixed_kernels · kernel_fixed_s + max(compute, memory)
+        time    = fixed_kernels · kernel_fixed_s [+ FP8 quantisation] + max(compute, memory)
 
     In BF16 (``precision.experts``) the peak is ``bf16_flops_per_s``, w = b and a row read
     is r = h·b; in FP8 the peak is ``fp8_flops_per_s``, w = 1 and r = h + 4·⌈h/128⌉ (the
     row quantised, one fp32 scale per 128 elements); outputs are written in the model's
-    dtype either way. The fixed kernels do not scale with precision.
+    dtype either way. In FP8 the rows are first quantised (``fp8_quantise_s``, block
+    scaling: one more kernel and a read and write of each row); the intermediate's
+    quantisation is taken as fused into the activation kernel. The fixed kernels do not
+    scale with precision.
 
     FLOPs use the padded rows; only active experts (``m_e > 0``) read their weights and
     pay compute; each real row's token is read and its output written. A GPU with no rows
@@ -197,29 +277,27 @@ def expert_phase_s(model: ModelFacts, gpu: GpuSpec, tokens_per_expert: np.ndarra
     nbytes = (3.0 * h * inter * weight_bytes_per_element(model, dt) * active.sum(axis=1)
               + (row_bytes(model, dt) + h * bpe) * rows.sum(axis=1, dtype=np.float64))
     memory = nbytes / gpu.achievable_hbm_bytes_per_s
-    return kernel.fixed_s + np.maximum(compute, memory)
+    quant = (fp8_quantise_s(gpu, rows.sum(axis=1, dtype=np.float64), h, bpe)
+             if dt == "fp8" else 0.0)
+    return kernel.fixed_s + quant + np.maximum(compute, memory)
 
 
 def shared_experts_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray,
                      precision: Precision = _BF16) -> np.ndarray:
     """Shared (always-on) experts, run by every GPU on its own tokens, no dispatch
-    (``precision.experts``)."""
+    (``precision.experts``): n shared experts of intermediate size I as one SwiGLU MLP of
+    intermediate n·I (how engines fuse them), two ``gemm_s``."""
     if model.num_shared_experts <= 0:
         return np.zeros(tokens.shape)
     inter = model.shared_intermediate_size or model.expert_intermediate_size
-    n = model.num_shared_experts
-    return _swiglu_s(model, gpu, tokens * n, (tokens > 0) * float(n), inter,
-                     precision.experts)
+    return _swiglu_s(model, gpu, tokens, inter * model.num_shared_experts, precision.experts)
 
 
-def _swiglu_s(model: ModelFacts, gpu: GpuSpec, rows: np.ndarray, weight_sets: np.ndarray,
-              inter: int, dtype: str = "bf16") -> np.ndarray:
+def _swiglu_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray, inter: int,
+              dtype: str = "bf16") -> np.ndarray:
     h, bpe = model.hidden_size, model.bytes_per_element
-    flops = 2 * 3 * h * inter * np.asarray(rows, dtype=np.float64)
-    nbytes = (3 * h * inter * weight_bytes_per_element(model, dtype)
-              * np.asarray(weight_sets, dtype=np.float64)
-              + (row_bytes(model, dtype) + h * bpe) * rows)
-    return roofline_s(flops, nbytes, gpu, dtype)
+    return (gemm_s(gpu, tokens, 2 * inter, h, dtype, act_bytes=bpe)
+            + gemm_s(gpu, tokens, h, inter, dtype, act_bytes=bpe))
 
 
 def vision_s(model: ModelFacts, gpu: GpuSpec, vision_tokens: np.ndarray) -> np.ndarray:
@@ -232,12 +310,8 @@ def vision_s(model: ModelFacts, gpu: GpuSpec, vision_tokens: np.ndarray) -> np.n
 
 def head_s(model: ModelFacts, gpu: GpuSpec, requests: np.ndarray,
            precision: Precision = _BF16) -> np.ndarray:
-    """The LM head: one row of logits per request (its last token), ``2·h·vocab`` FLOPs,
-    reading the ``vocab × h`` embedding matrix once per GPU with requests
-    (``precision.linear``)."""
-    h, bpe = model.hidden_size, model.bytes_per_element
-    dt = precision.linear
-    flops = 2.0 * h * model.vocab_size * requests
-    nbytes = ((requests > 0) * float(model.vocab_size * h * weight_bytes_per_element(model, dt))
-              + (row_bytes(model, dt) + h * bpe) * requests)
-    return roofline_s(flops, nbytes, gpu, dt)
+    """The LM head: one row of logits per request (its last token), one ``gemm_s``
+    ``[r, h] x [h, vocab]`` reading the ``vocab × h`` embedding matrix once per GPU with
+    requests (``precision.linear``)."""
+    return gemm_s(gpu, requests, model.vocab_size, model.hidden_size, precision.linear,
+                  act_bytes=model.bytes_per_element)

@@ -12,7 +12,14 @@ import pytest
 from macssim import MacssimError, TopologyError
 from macssim.cluster import LayerRouting, SimOptions, simulate_step
 from macssim.cluster.metrics import PHASES
-from macssim.cost._engines import DEEPEP_FIXED_S, DEEPEP_NVLINK_EFFICIENCY, NCCL_FIT
+from macssim.cost._engines import (
+    DEEPEP_COMBINE_FIXED_S,
+    DEEPEP_FIXED_S,
+    DEEPEP_LL_FIXED_S,
+    DEEPEP_LL_NVLINK_EFFICIENCY,
+    DEEPEP_NVLINK_EFFICIENCY,
+    NCCL_FIT,
+)
 from macssim.placement import Placement, contiguous_placement
 
 NO_EXTRAS = SimOptions(router_s=0.0, include_head=False)
@@ -116,15 +123,20 @@ def test_symmetric_all_to_all_has_no_straggler_and_the_alpha_beta_time(topo4, ti
     m = n * model.hidden_size * 2                                  # bytes per GPU pair
     bw = topo4.nvlink.bw_bytes_per_s * topo4.nvlink.efficiency
     # one expert per GPU: deepep-ll's per-(token, expert) copies equal the per-GPU ones
-    eff = {"ideal": 1.0, "deepep-ll": 1.0, "deepep-normal": DEEPEP_NVLINK_EFFICIENCY,
-           "nccl": 1.0 / (1.0 + (NCCL_FIT.m_half / m) ** NCCL_FIT.p)}[engine]
-    fixed = DEEPEP_FIXED_S if engine == "deepep-normal" else 0.0
-    a2a = fixed + topo4.nvlink.latency_s + 3 * m / (bw * eff)
+    # (dispatch, combine): DeepEP's fixed costs and low-latency efficiencies differ by phase
+    nccl = 1.0 / (1.0 + (NCCL_FIT.m_half / m) ** NCCL_FIT.p)
+    ll = DEEPEP_LL_NVLINK_EFFICIENCY
+    eff = {"ideal": (1.0, 1.0), "deepep-ll": (ll["dispatch"], ll["combine"]),
+           "deepep-normal": (DEEPEP_NVLINK_EFFICIENCY,) * 2, "nccl": (nccl, nccl)}[engine]
+    fixed = {"deepep-normal": (DEEPEP_FIXED_S, DEEPEP_COMBINE_FIXED_S),
+             "deepep-ll": (DEEPEP_LL_FIXED_S,) * 2}.get(engine, (0.0, 0.0))
+    a2a = sum(f + topo4.nvlink.latency_s + 3 * m / (bw * e)
+              for f, e in zip(fixed, eff, strict=True))
     for layer in result.layers:
         assert layer.straggler_delay_s == pytest.approx(0.0, abs=1e-15)
         assert layer.dispatch_bytes == 4 * 3 * m
         assert layer.moe_latency_s == pytest.approx(
-            2 * a2a + expert_time_s(model, topo4.gpu, [4 * n]), rel=1e-9)
+            a2a + expert_time_s(model, topo4.gpu, [4 * n]), rel=1e-9)
 
 
 def reference_load(ids, kept, token_gpu, expert_to_gpu, num_gpus, token_bytes):

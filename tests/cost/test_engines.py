@@ -15,7 +15,10 @@ from macssim.cluster import LayerRouting, SimOptions, alltoall_spec
 from macssim.cluster._load import ExpertMap, layer_load
 from macssim.cost import FlowNetwork
 from macssim.cost._engines import (
+    DEEPEP_COMBINE_FIXED_S,
     DEEPEP_FIXED_S,
+    DEEPEP_LL_FIXED_S,
+    DEEPEP_LL_NVLINK_EFFICIENCY,
     DEEPEP_NVLINK_EFFICIENCY,
     NCCL_FIT,
     Collective,
@@ -210,3 +213,19 @@ def test_topology_field_and_options(tmp_path, make_topo):
         with pytest.raises(TopologyError, match=says) as err:
             load_topology(path)
         assert str(path) in str(err.value)
+
+
+def test_deepep_parameters_per_phase():
+    """The DeepEP constants fitted to NVIDIA's measured EP8 table (docstrings): normal
+    combine has its own fixed cost, low latency a fixed cost and a per-phase efficiency;
+    a topology's own values still win."""
+    assert (DEEPEP_COMBINE_FIXED_S, DEEPEP_LL_FIXED_S) == (28e-6, 2e-6)
+    assert DEEPEP_LL_NVLINK_EFFICIENCY == {"dispatch": 0.68, "combine": 0.60}
+    normal, ll = AllToAllSpec("deepep-normal"), AllToAllSpec("deepep-ll")
+    assert engine_parameters(normal, "dispatch") == (DEEPEP_NVLINK_EFFICIENCY, 1.0, 15e-6)
+    assert engine_parameters(normal, "combine") == (DEEPEP_NVLINK_EFFICIENCY, 1.0, 28e-6)
+    assert engine_parameters(ll, "dispatch") == (0.68, 1.0, 2e-6)
+    assert engine_parameters(ll, "combine") == (0.60, 1.0, 2e-6)
+    own = AllToAllSpec("deepep-ll", nvlink_efficiency=0.9, fixed_s=1e-6)
+    assert engine_parameters(own, "combine") == (0.9, 1.0, 1e-6)
+    assert engine_parameters(AllToAllSpec("nccl"), "combine") == (1.0, 1.0, 0.0)
