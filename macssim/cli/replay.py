@@ -128,6 +128,11 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
               "weights, FP8 dispatch, BF16 combine); fp8 (also attention projections, dense "
               "MLP and LM head in FP8). FP8 needs the topology's gpu.fp8_flops_per_s; "
               "docs/cluster.md.")
+@click.option("--attention-tp", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="GPUs sharing one attention by tensor parallelism (1: data-parallel "
+              "attention, each GPU its own requests). t > 1 splits heads, dense MLP and LM "
+              "head over groups of t GPUs of a node, all-reduces the attention output and "
+              "dispatches the group's tokens evenly from its GPUs; docs/cluster.md.")
 @click.option("--costs", type=click.Choice(["auto", "measured", "roofline"]), default="auto",
               show_default=True, help="Where compute costs come from: measured tables (the "
               "topology's cost_tables, from --tables or an installed aiconfigurator-core; "
@@ -139,8 +144,8 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
               "installed aiconfigurator-core's, if any.")
 @click.option("--list", "list_only", is_flag=True, help="List policies and topology presets.")
 def command(trace_path, policies, topology, gamma, params, max_steps, calibration_trace,
-            out_dir, force, seed, device, network_rtol, alltoall, precision, costs, tables_dir,
-            list_only) -> None:
+            out_dir, force, seed, device, network_rtol, alltoall, precision, attention_tp, costs,
+            tables_dir, list_only) -> None:
     """Replay a routing trace through a simulated expert-parallel cluster under each
     policy and measure the straggler delay each leaves.
 
@@ -173,7 +178,8 @@ def command(trace_path, policies, topology, gamma, params, max_steps, calibratio
                           capacity_factor=gamma, policy_params=_parse_params(params),
                           max_steps=max_steps, calibration_trace=calibration_trace, seed=seed,
                           device=device, network_rtol=network_rtol, alltoall=alltoall,
-                          precision=precision, costs=costs, tables=tables_dir)
+                          precision=precision, attention_tp=attention_tp, costs=costs,
+                          tables=tables_dir)
     out_dir = out_dir or _default_out(trace_path, topology, gamma)
     with library_errors():
         bar = tqdm(total=0, unit="step", desc="replay", disable=None, file=sys.stderr)

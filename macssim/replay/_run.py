@@ -73,6 +73,9 @@ class ReplayConfig:
     BF16, the model before precisions), ``fp8-experts`` (routed and shared experts in
     FP8, FP8 dispatch, BF16 combine), ``fp8`` (also attention projections, dense MLP and
     LM head in FP8). FP8 compute needs the topology's ``gpu.fp8_flops_per_s``."""
+    attention_tp: int = 1
+    """``SimOptions.attention_tp``: 1 is data-parallel attention; t > 1 splits attention,
+    dense layers and LM head over groups of t GPUs with an all-reduce."""
     costs: str = "auto"
     """Where compute costs come from: ``auto`` (the measured tables the topology names in
     ``cost_tables`` where they are found, else the roofline, said so), ``measured``
@@ -139,6 +142,7 @@ def _check_config(config: ReplayConfig) -> None:
         check_int(config.max_steps, where, "max_steps", low=1, high=Limits.MAX_STEPS)
     check_int(config.seed, where, "seed", low=0, high=Limits.MAX_SEED)
     check_number(config.network_rtol, where, "network_rtol", low=0.0, high=1.0, high_open=True)
+    check_int(config.attention_tp, where, "attention_tp", low=1, high=Limits.MAX_GPUS)
     if not isinstance(config.precision, str) or config.precision not in PRECISION_PRESETS:
         raise MacssimError(f'{where}: "precision" must be one of '
                            f'{", ".join(PRECISION_PRESETS)}, got {brief(config.precision)}')
@@ -254,7 +258,7 @@ def replay(config: ReplayConfig,
                 for name in policies}
     chrome: dict[str, dict[str, Any]] = {}
     options = SimOptions(flow_end_rtol=config.network_rtol, alltoall=config.alltoall,
-                         precision=precision, costs=costs)
+                         precision=precision, costs=costs, attention_tp=config.attention_tp)
     config = dataclasses.replace(config, alltoall=alltoall_spec(topology, options).engine)
     # One assigner for the whole trace: a request keeps the GPU that holds its KV cache.
     assigner = RequestAssigner(topology.num_gpus)
