@@ -65,10 +65,13 @@ from macssim.cost._measured import (
 from macssim.cost._precision import PRECISION_PRESETS, Precision, check_precision
 from macssim.cost._roofline import (
     GROUPED_GEMM,
+    KERNEL_FIXED_S,
     GroupedGemm,
     attention_s,
     dense_mlp_s,
     expert_phase_s,
+    fp8_quantise_s,
+    gemm_s,
     head_s,
     padded_rows,
     roofline_s,
@@ -78,6 +81,9 @@ from macssim.cost._roofline import (
 from macssim.cost._table import OPS, CostTable, OpSchema, load_table, save_table, table_from_frame
 
 __all__ = [
+    "KERNEL_FIXED_S",
+    "fp8_quantise_s",
+    "gemm_s",
     "ALLREDUCE_FIXED_S",
     "allreduce_legs",
     "allreduce_s",
