@@ -43,9 +43,6 @@ from macssim.cost import _roofline
 from macssim.cost._interpolate import MAX_EXTRAPOLATION, predict_detail
 from macssim.cost._precision import (
     Precision,
-    achievable_flops_per_s,
-    row_bytes,
-    weight_bytes_per_element,
 )
 from macssim.cost._table import CostTable, load_table
 from macssim.hardware import GpuSpec, Topology
@@ -112,7 +109,7 @@ class MeasuredCosts:
         proj = np.zeros(tokens.shape)
         for op, n, k in (("attention_qkv", q + 2 * kv, h), ("attention_out", h, q)):
             proj += self._gemm_phase(op, model, gpu, tokens, n, k, dt)
-        core = _attention_core_s(model, gpu, tokens, kv_read, context_sum)
+        core = _roofline.attention_core_s(model, gpu, tokens, kv_read, context_sum)
         self._count("attention_core", int((core > 0).sum()), "roofline: " + _ROOFLINE_ONLY)
         return proj + core
 
@@ -210,7 +207,8 @@ class MeasuredCosts:
             elif fallback is not None:
                 out[g] = fallback[g]
             else:
-                out[g] = _gemm_roofline(model, gpu, rows, n, k, dtype)
+                out[g] = float(_roofline.gemm_s(gpu, rows, n, k, dtype,
+                                                 act_bytes=model.bytes_per_element))
         return out
 
     def _subtable(self, op: str, dtype: str, exact: dict) -> tuple[CostTable | None, str]:
@@ -291,30 +289,6 @@ def _outside(sub: CostTable, sizes: dict) -> str:
             return (f"{shown} {side} the measured {lo:g}…{hi:g} by more than "
                     f"{MAX_EXTRAPOLATION:g}×")
     return "no measurements bracket the shape"
-
-
-def _gemm_roofline(model: ModelFacts, gpu: GpuSpec, m: float, n: int, k: int,
-                   dtype: str) -> float:
-    """One GEMM on the roofline, as ``_roofline`` costs its projections: 2·m·n·k FLOPs;
-    the weights (n·k) read once, each of the m rows read (quantised in FP8) and its output
-    row written in the model's dtype."""
-    flops = 2.0 * m * n * k
-    nbytes = (n * k * weight_bytes_per_element(model, dtype)
-              + m * (row_bytes(model, dtype, k) + n * model.bytes_per_element))
-    return float(max(flops / achievable_flops_per_s(gpu, dtype),
-                     nbytes / gpu.achievable_hbm_bytes_per_s))
-
-
-def _attention_core_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray,
-                      kv_read: np.ndarray, context_sum: np.ndarray) -> np.ndarray:
-    """The attention core (QKᵀ, PV, KV-cache reads) on the roofline, in the model's dtype:
-    the second term of ``_roofline.attention_s``, which does not expose it on its own."""
-    q = model.num_attention_heads * model.head_dim
-    kv = model.num_kv_heads * model.head_dim
-    core_flops = 4.0 * q * np.asarray(context_sum, dtype=np.float64)
-    core_bytes = 2.0 * kv * model.bytes_per_element * (np.asarray(kv_read, dtype=np.float64)
-                                                       + tokens)
-    return _roofline.roofline_s(core_flops, core_bytes, gpu)
 
 
 # ------------------------------------------------------------------------------------

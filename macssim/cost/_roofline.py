@@ -27,6 +27,7 @@ from macssim.hardware import GpuSpec
 from macssim.trace import ModelFacts
 
 __all__ = [
+    "attention_core_s",
     "KERNEL_FIXED_S",
     "FP8_HALF_EFFICIENCY_FLOPS",
     "FP8_QUANT_KERNELS",
@@ -156,9 +157,20 @@ def attention_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray, kv_read: np
     kv = model.num_kv_heads * model.head_dim
     proj = (gemm_s(gpu, tokens, q + 2 * kv, h, dt, act_bytes=bpe)
             + gemm_s(gpu, tokens, h, q, dt, act_bytes=bpe))
-    core_flops = 4 * q * context_sum
-    core_bytes = 2 * kv * bpe * (kv_read + tokens)
-    return proj + roofline_s(core_flops, core_bytes, gpu)
+    return proj + attention_core_s(model, gpu, tokens, kv_read, context_sum)
+
+
+def attention_core_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray, kv_read: np.ndarray,
+                     context_sum: np.ndarray) -> np.ndarray:
+    """The attention core alone (QKᵀ, PV, KV-cache reads and writes; ``attention_s``'s
+    second term), in the model's dtype: what a backend with measured projections but no
+    attention table still takes from the roofline."""
+    bpe = model.bytes_per_element
+    q = model.num_attention_heads * model.head_dim
+    kv = model.num_kv_heads * model.head_dim
+    core_flops = 4.0 * q * np.asarray(context_sum, dtype=np.float64)
+    core_bytes = 2.0 * kv * bpe * (np.asarray(kv_read, dtype=np.float64) + tokens)
+    return roofline_s(core_flops, core_bytes, gpu)
 
 
 def dense_mlp_s(model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray,
