@@ -18,8 +18,7 @@ import argparse
 
 import pandas as pd
 
-from macssim.cost import collective_s
-from macssim.cost._published import _deepep_routing
+from macssim.cost import benchmark_routing, collective_s
 from macssim.hardware import AllToAllSpec, load_topology
 
 HIDDEN = 7168
@@ -40,7 +39,7 @@ def main() -> None:
           "error | predicted µs (BF16) | error |")
     print("|---|---|---:|---:|---|---:|---:|---:|---:|")
     for row in df.sort_values(["mode", "phase", "tokens"]).itertuples():
-        counts = _deepep_routing(topo, 0, tokens_per_rank=int(row.tokens))
+        counts = benchmark_routing(topo, 0, tokens_per_rank=int(row.tokens))
         engine = "deepep-ll" if row.mode == "low_latency" else "deepep-normal"
         for eng in ("ideal", engine):
             out = []

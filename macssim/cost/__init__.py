@@ -63,6 +63,7 @@ from macssim.cost._measured import (
     load_tables_dir,
 )
 from macssim.cost._precision import PRECISION_PRESETS, Precision, check_precision
+from macssim.cost._published import benchmark_routing
 from macssim.cost._roofline import (
     GROUPED_GEMM,
     KERNEL_FIXED_S,
@@ -81,6 +82,7 @@ from macssim.cost._roofline import (
 from macssim.cost._table import OPS, CostTable, OpSchema, load_table, save_table, table_from_frame
 
 __all__ = [
+    "benchmark_routing",
     "KERNEL_FIXED_S",
     "fp8_quantise_s",
     "gemm_s",

@@ -49,6 +49,9 @@ class CostModel(Protocol):
     def shared_experts_s(self, model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray,
                          precision: Precision) -> np.ndarray: ...
 
+    def gemm_s(self, gpu: GpuSpec, m: np.ndarray, n: int, k: int, dtype: str = "bf16"
+               ) -> np.ndarray: ...
+
     def coverage(self) -> dict[str, Any]:
         """What answered so far, for the run's record (``run.json``)."""
         ...
@@ -77,6 +80,9 @@ class Roofline:
 
     def shared_experts_s(self, model, gpu, tokens, precision):
         return _roofline.shared_experts_s(model, gpu, tokens, precision)
+
+    def gemm_s(self, gpu, m, n, k, dtype="bf16"):
+        return _roofline.gemm_s(gpu, m, n, k, dtype)
 
     def coverage(self) -> dict[str, Any]:
         return {"backend": self.name, "tables": None}

@@ -108,7 +108,7 @@ class MeasuredCosts:
         dt = precision.linear
         proj = np.zeros(tokens.shape)
         for op, n, k in (("attention_qkv", q + 2 * kv, h), ("attention_out", h, q)):
-            proj += self._gemm_phase(op, model, gpu, tokens, n, k, dt)
+            proj += self._gemm_phase(op, model.bytes_per_element, gpu, tokens, n, k, dt)
         core = _roofline.attention_core_s(model, gpu, tokens, kv_read, context_sum)
         self._count("attention_core", int((core > 0).sum()), "roofline: " + _ROOFLINE_ONLY)
         return proj + core
@@ -131,7 +131,7 @@ class MeasuredCosts:
     def head_s(self, model: ModelFacts, gpu: GpuSpec, requests: np.ndarray,
                precision: Precision) -> np.ndarray:
         requests = np.asarray(requests, dtype=np.float64)
-        return self._gemm_phase("lm_head", model, gpu, requests, model.vocab_size,
+        return self._gemm_phase("lm_head", model.bytes_per_element, gpu, requests, model.vocab_size,
                                 model.hidden_size, precision.linear,
                                 fallback=_roofline.head_s(model, gpu, requests, precision))
 
@@ -168,6 +168,12 @@ class MeasuredCosts:
                 out[g] = level * roof[g] / roof_even[g]
         return out
 
+    def gemm_s(self, gpu: GpuSpec, m: np.ndarray, n: int, k: int, dtype: str = "bf16"
+               ) -> np.ndarray:
+        """[G] one GEMM [m, k] x [k, n] per GPU from the gemm table (the roofline's
+        ``gemm_s`` outside it; BF16 activations)."""
+        return self._gemm_phase("gemm", 2.0, gpu, np.asarray(m, dtype=np.float64), n, k, dtype)
+
     def coverage(self) -> dict[str, Any]:
         """What answered each operation so far: ``{"backend", "tables": {system,
         framework, version, source}, "operations": {op: {"table": n, "roofline: why": n,
@@ -186,11 +192,11 @@ class MeasuredCosts:
 
     def _swiglu(self, op: str, model: ModelFacts, gpu: GpuSpec, tokens: np.ndarray,
                 inter: int, dtype: str) -> np.ndarray:
-        h = model.hidden_size
-        return (self._gemm_phase(op + "_gate_up", model, gpu, tokens, 2 * inter, h, dtype)
-                + self._gemm_phase(op + "_down", model, gpu, tokens, h, inter, dtype))
+        h, act = model.hidden_size, model.bytes_per_element
+        return (self._gemm_phase(op + "_gate_up", act, gpu, tokens, 2 * inter, h, dtype)
+                + self._gemm_phase(op + "_down", act, gpu, tokens, h, inter, dtype))
 
-    def _gemm_phase(self, op: str, model: ModelFacts, gpu: GpuSpec, m: np.ndarray, n: int,
+    def _gemm_phase(self, op: str, act_bytes: float, gpu: GpuSpec, m: np.ndarray, n: int,
                     k: int, dtype: str, fallback: np.ndarray | None = None) -> np.ndarray:
         """[G] seconds of one GEMM (m × k)·(k × n) per GPU; m = 0 costs nothing. Outside
         the table: ``fallback`` (the roofline's own function for the phase, where it is one
@@ -207,8 +213,7 @@ class MeasuredCosts:
             elif fallback is not None:
                 out[g] = fallback[g]
             else:
-                out[g] = float(_roofline.gemm_s(gpu, rows, n, k, dtype,
-                                                 act_bytes=model.bytes_per_element))
+                out[g] = float(_roofline.gemm_s(gpu, rows, n, k, dtype, act_bytes=act_bytes))
         return out
 
     def _subtable(self, op: str, dtype: str, exact: dict) -> tuple[CostTable | None, str]:

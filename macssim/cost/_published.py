@@ -30,7 +30,7 @@ from macssim.cost._engines import TokenCounts
 from macssim.cost._precision import fp8_row_bytes
 from macssim.hardware import AllToAllSpec, Topology, load_topology
 
-__all__ = ["ValidationRow", "validation_rows", "validation_markdown"]
+__all__ = ["ValidationRow", "benchmark_routing", "validation_markdown", "validation_rows"]
 
 _HIDDEN = 7168
 _FP8_TOKEN_BYTES = fp8_row_bytes(_HIDDEN)   # e4m3 values + one fp32 scale per 128
@@ -83,7 +83,7 @@ def nccl_nic_gb_per_s(topo: Topology, bytes_per_rank: float, engine: str = "nccl
     return remote * bytes_per_rank / num_gpus / t / 1e9
 
 
-def _deepep_routing(topo: Topology, seed: int, tokens_per_rank: int = 4096,
+def benchmark_routing(topo: Topology, seed: int, tokens_per_rank: int = 4096,
                     num_experts: int = 256, top_k: int = 8) -> TokenCounts:
     """DeepEP's test routing: random scores, top-min(nodes, 4) node groups, then top-k
     experts inside them; the (token, GPU), (token, expert) and (token, node) counts."""
@@ -119,7 +119,7 @@ def deepep_gb_per_s(topo: Topology, seed: int = 0, engine: str = "deepep-normal"
     """(dispatch, combine) logical bandwidth per rank, as DeepEP's tests compute it: bytes
     over each rank's kernel time (here: until the rank is done with the collective),
     averaged over ranks. FP8 dispatch, BF16 combine."""
-    counts = _deepep_routing(topo, seed)
+    counts = benchmark_routing(topo, seed)
     spec = AllToAllSpec(engine)
     result = []
     for token_bytes, phase in ((_FP8_TOKEN_BYTES, "dispatch"), (_BF16_TOKEN_BYTES, "combine")):
