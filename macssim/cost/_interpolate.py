@@ -26,6 +26,20 @@ The rule, per query:
    through the two outermost measurements, and :attr:`Prediction.extrapolated` says so.
    Farther out is refused in every case.
 4. Repeated measurements of the same keys are combined by their median.
+5. Monotone lower envelope along the last size key (tokens, bytes_per_rank; GEMM: k at
+   each measured (m, n)): each measured value is replaced by the smallest value measured
+   at that size or any larger size of the same sweep, ``t'(x_i) = min_{j >= i} t(x_j)``,
+   before interpolating. Why: the latency of a kernel or collective is physically
+   non-decreasing in its size (the best kernel for a larger size can run the smaller one
+   by masking or padding, in no more time), and timing noise is one-sided (interference,
+   clock ramps, a poor tactic chosen by the autotuner only ever add time), so a value
+   above a later, larger one is an upward artefact and the larger size's time is the
+   tighter estimate of what the smaller one costs. A sweep that is already
+   non-decreasing is left untouched (the envelope is the identity there), so it
+   interpolates exactly as without the rule. Not a least-squares (isotonic) fit: that
+   pools an upward spike with the values after it and raises them; the envelope never
+   raises a measurement. Only the last size key: the tree holds that key's sweeps as
+   leaf rows; m and n are interpolated as measured.
 """
 
 from __future__ import annotations
@@ -36,12 +50,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from macssim._errors import CostError
 from macssim._validate import brief
 from macssim.cost._table import OPS, CostTable
 
-__all__ = ["MAX_EXTRAPOLATION", "Prediction", "leave_one_out", "predict", "predict_detail"]
+__all__ = ["MAX_EXTRAPOLATION", "Prediction", "leave_one_out", "leave_one_out_points",
+           "predict", "predict_detail"]
 
 MAX_EXTRAPOLATION = 2.0
 """How far beyond the measured range ``extrapolate=True`` reaches, as a size ratio."""
@@ -57,7 +73,7 @@ class Prediction:
     ``extrapolate=True``)."""
     exact: bool
     """True when every size key was measured exactly (the value is a measurement, or the
-    median of repeated ones)."""
+    median of repeated ones, after the monotone envelope of rule 5)."""
 
 
 class _Miss(Exception):
@@ -73,32 +89,39 @@ class _Grid:
     each measured value of size key i (sorted) to the subtree of the remaining keys; the
     leaves hold log latency. A tree, not a dense array, because real sweeps have holes."""
 
-    __slots__ = ("keys", "values", "children")
+    __slots__ = ("keys", "values", "children", "raw", "monotone")
 
     def __init__(self, keys: tuple[str, ...]):
         self.keys = keys
         self.values: list[float] = []
         self.children: list[Any] = []  # _Grid, or float (log latency) at the last level
+        self.raw: list[float] = []  # at the last level: the medians before the envelope
+        self.monotone = True
 
     @classmethod
-    def build(cls, sizes: np.ndarray, log_lat: np.ndarray, keys: tuple[str, ...]) -> _Grid:
+    def build(cls, sizes: np.ndarray, log_lat: np.ndarray, keys: tuple[str, ...], *,
+              monotone: bool = True) -> _Grid:
         grid = cls(keys)
         order = np.lexsort(tuple(sizes[:, i] for i in reversed(range(sizes.shape[1]))))
         sizes, log_lat = sizes[order], log_lat[order]
-        grid._fill(sizes, log_lat, 0)
+        grid._fill(sizes, log_lat, 0, monotone)
         return grid
 
-    def _fill(self, sizes: np.ndarray, log_lat: np.ndarray, level: int) -> None:
+    def _fill(self, sizes: np.ndarray, log_lat: np.ndarray, level: int,
+              monotone: bool) -> None:
         col = sizes[:, level]
         cuts = np.flatnonzero(np.diff(col)) + 1
         for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(col)], strict=True):
             self.values.append(float(col[lo]))
             if level == sizes.shape[1] - 1:
-                self.children.append(float(np.median(log_lat[lo:hi])))
+                self.raw.append(float(np.median(log_lat[lo:hi])))
             else:
                 child = _Grid(self.keys)
-                child._fill(sizes[lo:hi], log_lat[lo:hi], level + 1)
+                child._fill(sizes[lo:hi], log_lat[lo:hi], level + 1, monotone)
                 self.children.append(child)
+        if self.raw:
+            self.monotone = monotone
+            self.children = _envelope(self.raw) if monotone else list(self.raw)
 
     # -- queries ---------------------------------------------------------------------
 
@@ -161,9 +184,16 @@ class _Grid:
             return child.answer(query, level + 1, extrapolate,
                                 skip if skip is None or skip[level] == self.values[i]
                                 else None)
-        if skip is not None and skip[level] == self.values[i]:
-            raise _Miss(self.keys[level], query[level], self.values[0], self.values[-1],
-                        "left out")
+        if skip is not None:
+            left = skip[level]
+            if left == self.values[i]:
+                raise _Miss(self.keys[level], query[level], self.values[0],
+                            self.values[-1], "left out")
+            j = bisect.bisect_left(self.values, left)
+            if self.monotone and i < j < len(self.values) and self.values[j] == left:
+                # The envelope without the left-out point: it bounded only smaller sizes.
+                after = self.children[j + 1] if j + 1 < len(self.values) else math.inf
+                child = min(min(self.raw[i:j]), after)
         return child, False, True
 
     def _first(self, indices, query, level, extrapolate, skip, inner):
@@ -177,6 +207,14 @@ class _Grid:
                 continue
             return (self.values[j], log_t, extra), j
         return None
+
+
+def _envelope(log_lat: list[float]) -> list[float]:
+    """Rule 5: each value replaced by the smallest at that index or after it."""
+    out = list(log_lat)
+    for i in range(len(out) - 2, -1, -1):
+        out[i] = min(out[i], out[i + 1])
+    return out
 
 
 def _line(x: float, a: tuple[float, float, bool], b: tuple[float, float, bool], *,
@@ -267,11 +305,14 @@ def _plain(value: Any) -> Any:
     return int(value) if isinstance(value, (int, np.integer)) else str(value)
 
 
-def _groups(table: CostTable) -> dict[tuple, _Grid]:
+def _groups(table: CostTable, monotone: bool = True) -> dict[tuple, _Grid]:
     """One grid per exact-key group, built once per table (kept on the table)."""
-    cached = getattr(table, "_grids", None)
-    if cached is not None:
-        return cached
+    cache = getattr(table, "_grids", None)
+    if cache is None:
+        cache = {}
+        object.__setattr__(table, "_grids", cache)
+    if monotone in cache:
+        return cache[monotone]
     schema = OPS[table.op]
     frame = table.frame
     grids: dict[tuple, _Grid] = {}
@@ -279,9 +320,9 @@ def _groups(table: CostTable) -> dict[tuple, _Grid]:
     sizes = frame[list(schema.sizes)].to_numpy(dtype=np.float64)
     for key, index in frame.groupby(list(schema.exact), sort=False).indices.items():
         key = key if isinstance(key, tuple) else (key,)
-        grids[tuple(_plain(v) for v in key)] = _Grid.build(sizes[index], log_lat[index],
-                                                             schema.sizes)
-    object.__setattr__(table, "_grids", grids)
+        grids[tuple(_plain(v) for v in key)] = _Grid.build(
+            sizes[index], log_lat[index], schema.sizes, monotone=monotone)
+    cache[monotone] = grids
     return grids
 
 
@@ -289,23 +330,47 @@ def leave_one_out(table: CostTable) -> tuple[np.ndarray, np.ndarray, int]:
     """Predict every measured point (each distinct key, repeats combined) from all the
     others, interpolation only. Returns (measured, predicted) latencies in seconds for
     the points that could be predicted, and how many could not (a point at the corner
-    of its grid has no neighbours on one side)."""
+    of its grid has no neighbours on one side). The point is removed from the raw
+    measurements before rule 5 (the monotone envelope) is applied to the rest, and
+    "measured" is its raw value (median of repeats), not its envelope."""
     measured, predicted, refused = [], [], 0
-    for grid in _groups(table).values():
-        for point, log_t in _leaves(grid, 0, ()):
-            try:
-                got, _, _ = grid.answer(point, 0, False, point)
-            except _Miss:
-                refused += 1
-                continue
-            measured.append(math.exp(log_t))
-            predicted.append(math.exp(got))
+    for _, _, raw, got in _loo(table, True):
+        if got is None:
+            refused += 1
+            continue
+        measured.append(raw)
+        predicted.append(got)
     return np.asarray(measured), np.asarray(predicted), refused
 
 
-def _leaves(grid: _Grid, level: int, prefix: tuple[float, ...]):
+def leave_one_out_points(table: CostTable, *, monotone: bool = True) -> pd.DataFrame:
+    """:func:`leave_one_out`, one row per distinct measured point: the exact keys, the
+    size keys, ``measured_s`` (raw median of repeats) and ``predicted_s`` (NaN for an
+    edge point that cannot be predicted without extrapolating). ``monotone=False``
+    leaves out rule 5, to show what it changes."""
+    schema = OPS[table.op]
+    rows = [key + point + (raw, math.nan if got is None else got)
+            for key, point, raw, got in _loo(table, monotone)]
+    return pd.DataFrame(rows, columns=list(schema.exact) + list(schema.sizes)
+                        + ["measured_s", "predicted_s"])
+
+
+def _loo(table: CostTable, monotone: bool):
+    for key, grid in _groups(table, monotone).items():
+        for point, log_t in _leaves(grid, ()):
+            try:
+                got, _, _ = grid.answer(point, 0, False, point)
+            except _Miss:
+                yield key, point, math.exp(log_t), None
+                continue
+            yield key, point, math.exp(log_t), math.exp(got)
+
+
+def _leaves(grid: _Grid, prefix: tuple[float, ...]):
+    """(size point, raw log latency) of every measured point, before rule 5."""
+    if grid.raw:
+        for value, log_t in zip(grid.values, grid.raw, strict=True):
+            yield prefix + (value,), log_t
+        return
     for value, child in zip(grid.values, grid.children, strict=True):
-        if isinstance(child, _Grid):
-            yield from _leaves(child, level + 1, prefix + (value,))
-        else:
-            yield prefix + (value,), child
+        yield from _leaves(child, prefix + (value,))

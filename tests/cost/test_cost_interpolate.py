@@ -151,3 +151,77 @@ def test_leave_one_out_of_a_power_law_is_exact_and_counts_the_edges():
     measured, predicted, edge = leave_one_out(gemm_table().select(dtype="bfloat16"))
     np.testing.assert_allclose(predicted, measured, rtol=1e-12)
     assert measured.size + edge == len(MS) * len(NS) * len(KS)
+
+
+# -- rule 5: the monotone lower envelope along the last size key ------------------------
+
+def sweep_table(points):
+    rows = [dict(op="moe", **COMMON, dtype="bfloat16", distribution="balanced",
+                 hidden=2048, inter=768, experts=128, topk=8, tp=1, ep=8, tokens=t,
+                 latency_s=lat) for t, lat in points]
+    return table_from_frame(pd.DataFrame(rows))
+
+
+def test_a_monotone_sweep_interpolates_exactly_as_without_the_envelope():
+    from macssim.cost._interpolate import leave_one_out_points
+    table = moe_table()
+    for tokens in (1, 3, 8, 100, 4096):
+        assert predict(table, experts=64, tokens=tokens) == pytest.approx(
+            moe_law(tokens, 64), rel=1e-12)
+    with_rule = leave_one_out_points(table, monotone=True)
+    without = leave_one_out_points(table, monotone=False)
+    pd.testing.assert_frame_equal(with_rule, without)
+    scored = with_rule.dropna()
+    np.testing.assert_allclose(scored["predicted_s"], scored["measured_s"], rtol=1e-12)
+
+
+def test_a_value_above_a_larger_sizes_value_is_lowered_to_it():
+    # 4 tokens measured at 100, above 8 tokens' 40: the envelope takes min(100, 40, 80).
+    table = sweep_table([(1, 10.0), (2, 20.0), (4, 100.0), (8, 40.0), (16, 80.0)])
+    assert predict(table, tokens=4) == pytest.approx(40.0)
+    detail = predict_detail(table, tokens=4)
+    assert detail.exact and detail.latency_s == pytest.approx(40.0)
+    # between 2 (20) and 4 (40): slope 1 in log-log, so 20 * 3/2
+    assert predict(table, tokens=3) == pytest.approx(30.0)
+    # between 4 (40) and 8 (40): flat
+    assert predict(table, tokens=6) == pytest.approx(40.0)
+    for tokens, lat in [(1, 10.0), (2, 20.0), (8, 40.0), (16, 80.0)]:
+        assert predict(table, tokens=tokens) == pytest.approx(lat)
+
+
+def test_a_value_below_smaller_sizes_lowers_them_the_envelope_never_raises():
+    table = sweep_table([(1, 10.0), (2, 20.0), (4, 5.0), (8, 40.0)])
+    assert [predict(table, tokens=t) for t in (1, 2, 4, 8)] == pytest.approx(
+        [5.0, 5.0, 5.0, 40.0])
+
+
+def test_leave_one_out_removes_the_point_before_the_envelope():
+    from macssim.cost._interpolate import leave_one_out_points
+    table = sweep_table([(1, 10.0), (2, 20.0), (4, 100.0), (8, 40.0), (16, 80.0)])
+    got = leave_one_out_points(table).set_index("tokens")
+    # measured: the raw value, not the envelope
+    assert got["measured_s"].tolist() == pytest.approx([10.0, 20.0, 100.0, 40.0, 80.0])
+    assert np.isnan(got.loc[1.0, "predicted_s"]) and np.isnan(got.loc[16.0, "predicted_s"])
+    # 2 left out: the rest's envelope is 1:10, 4:min(100, 40, 80) = 40 → 20 at 2
+    assert got.loc[2.0, "predicted_s"] == pytest.approx(20.0)
+    # 4 (the spike) left out: the rest is monotone, sqrt(20 * 40) at 4
+    assert got.loc[4.0, "predicted_s"] == pytest.approx(math.sqrt(20.0 * 40.0))
+    # 8 left out: 4's envelope is min(100, 80) = 80 without it, so 80 at 8 (not 40)
+    assert got.loc[8.0, "predicted_s"] == pytest.approx(80.0)
+    without = leave_one_out_points(table, monotone=False).set_index("tokens")
+    assert without.loc[8.0, "predicted_s"] == pytest.approx(math.sqrt(100.0 * 80.0))
+    measured, predicted, edge = leave_one_out(table)
+    assert edge == 2
+    assert sorted(predicted) == pytest.approx(sorted([20.0, math.sqrt(800.0), 80.0]))
+
+
+def test_the_envelope_runs_along_the_last_size_key_only():
+    # GEMM: at (m=1, n=128) the k sweep 256 → 1024 → 8192 has 1024 above 8192: lowered;
+    # along m nothing is lowered (m=4's value stays above m=16's).
+    rows = [dict(op="gemm", **COMMON, dtype="bfloat16", m=m, n=128, k=k, latency_s=lat)
+            for m, k, lat in [(1, 256, 1.0), (1, 1024, 9.0), (1, 8192, 4.0),
+                              (4, 256, 8.0), (4, 1024, 8.0), (4, 8192, 8.0),
+                              (16, 256, 2.0), (16, 1024, 2.0), (16, 8192, 2.0)]]
+    table = table_from_frame(pd.DataFrame(rows))
+    assert predict(table, m=1, n=128, k=1024) == pytest.approx(4.0)
+    assert predict(table, m=4, n=128, k=1024) == pytest.approx(8.0)
