@@ -2,10 +2,13 @@
 k = 8, 8 GPUs (the Qwen3-VL-30B-A3B shape at EP8). Run on demand:
 
     python benchmarks/bench_policies.py [--device cpu|cuda] [--tokens 16384] [--repeats 10]
+        [--scope rank|global]
 
 Scores come from the calibrated synthetic generator (a prefill of the ``mixed`` scenario by
-default, cut to T tokens); ratios to token-drop are measured in the same run (the
-machines are shared and noisy; absolute times are indicative)."""
+default, cut to T tokens); token t is dispatched from GPU t·G // T (DP attention: each GPU
+holds a contiguous share of the batch). Ratios to token-drop are measured in the same run
+(the machines are shared and noisy; absolute times are indicative); the policies are
+timed interleaved, one call of each per round, so that load drifts hit all alike."""
 
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--scenario", default="mixed")
     ap.add_argument("--capacity-factor", type=float, default=1.0)
+    ap.add_argument("--scope", default="rank", choices=("rank", "global"))
     ap.add_argument("--compute-topk", action="store_true",
                     help="let each policy compute top-k from the scores instead of taking the "
                     "router's ids from the trace")
@@ -58,30 +62,37 @@ def main() -> None:
     num_experts = scores.shape[1]
     placement = (torch.arange(num_experts) * args.gpus // num_experts).to(dev)
     labels = torch.from_numpy(np.random.default_rng(0).integers(-1, 2, num_experts)).to(dev)
+    token_gpu = (torch.arange(args.tokens) * args.gpus // args.tokens).to(dev)
     kw = dict(top_k=args.top_k, modality=modality, entropy=entropy, placement=placement,
-              expert_labels=labels, topk_ids=None if args.compute_topk else topk_ids)
+              token_gpu=token_gpu, expert_labels=labels,
+              topk_ids=None if args.compute_topk else topk_ids)
     print(f"T={args.tokens} E={num_experts} k={args.top_k} G={args.gpus} device={dev} "
           f"threads={torch.get_num_threads()}")
-    results = {}
     print(f"scenario {args.scenario}: {(modality > 0).float().mean():.0%} visual tokens, "
-          f"γ={args.capacity_factor}")
-    for name in ("vanilla", "token-drop", "expanded-drop", "macs"):
-        policy = get_policy(name, **({} if name == "vanilla" else
-                                     {"capacity_factor": args.capacity_factor}))
-        plan = policy(scores, **kw)  # warm-up
-        times = []
-        for _ in range(args.repeats):
+          f"γ={args.capacity_factor}, scope {args.scope}")
+    names = ("vanilla", "token-drop", "expanded-drop", "macs")
+    policies = {name: get_policy(name, **({} if name == "vanilla" else
+                                          {"capacity_factor": args.capacity_factor,
+                                           "scope": args.scope}))
+                for name in names}
+    plans = {name: p(scores, **kw) for name, p in policies.items()}  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name, policy in policies.items():
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             policy(scores, **kw)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        results[name] = statistics.median(times)
+            times[name].append(time.perf_counter() - t0)
+    results = {name: statistics.median(t) for name, t in times.items()}
+    for name, plan in plans.items():
+        added = plan.drops.total("rerouted_assignments") / plan.drops.total("assignments")
         print(f"{name:14s} median {results[name] * 1e3:8.2f} ms   "
               f"dropped {plan.drops.frac('assignments'):6.2%}  "
-              f"rerouted {plan.drops.total('rerouted_assignments') / plan.kept.numel():6.2%}")
+              f"added local {added:6.2%}"
+              f"  no expert left {plan.drops.total('tokens_lost_all') / args.tokens:6.2%}")
     base = results["token-drop"]
     print("ratio to token-drop: " + ", ".join(f"{n} {t / base:.2f}x" for n, t in results.items()))
 

@@ -35,7 +35,8 @@ def test_every_policy_replays_every_step_and_layer(result):
 
 def test_kept_assignments_agree_across_records(result, small_trace):
     """The per-layer records, the GPU load heatmap and the drop tally count the same
-    kept assignments; vanilla keeps all T·k."""
+    kept assignments (the router's slots kept plus the local experts Expanded Drop and
+    MACS add); vanilla keeps all T·k."""
     from macssim.trace import open_trace
 
     tokens = sum(s.num_tokens for s in open_trace(small_trace))
@@ -44,7 +45,8 @@ def test_kept_assignments_agree_across_records(result, small_trace):
         kept = int(lay.kept_assignments.sum())
         assert kept == int(result.gpu_load[policy].sum())
         drops = result.drops[result.drops.policy == policy]
-        assert kept == int(drops.assignments.sum() - drops.dropped_assignments.sum())
+        assert kept == int(drops.assignments.sum() - drops.dropped_assignments.sum()
+                           + drops.rerouted_assignments.sum())
         assert int(drops.assignments.sum()) == tokens * 4 * 4  # T · k · layers
     vanilla = result.layers[result.layers.policy == "vanilla"]
     assert (vanilla.dropped_assignments == 0).all()

@@ -213,6 +213,11 @@ def _print_summary(summary, result) -> None:
     click.echo(f"{m.name} on {result.topology.name}: {result.steps.step.nunique()} steps, "
                f"{m.num_moe_layers} MoE layers, E={m.num_experts}, k={m.top_k}, "
                f"γ={result.config.capacity_factor:g}")
+    if "macs" in result.policies:
+        calib = result.config.calibration_trace
+        click.echo("MACS expert labels calibrated on " + (
+            f"{calib} (held out)" if calib is not None else
+            "the replayed trace itself (in-sample; --calibration-trace for a held-out one)"))
     click.echo("")
     by_kind = summary[summary.kind != "all"] if (summary.kind != "all").any() else summary
     rows = []
@@ -228,14 +233,19 @@ def _print_summary(summary, result) -> None:
     click.echo("")
     modalities = [c.removeprefix("dropped_semantic_mass_frac_") for c in summary.columns
                   if c.startswith("dropped_semantic_mass_frac_") and "_vs_" not in c]
-    click.echo("what each policy dropped (fractions over all steps):")
+    from macssim.policies import YARDSTICK_DELTA
+
+    click.echo("what each policy dropped (fractions over all steps; semantic mass weighted "
+               f"with δ = {YARDSTICK_DELTA:g} for every policy; n/a: the trace cannot "
+               "support it):")
     headers = ["policy", "dropped assign", "dropped gate mass", "dropped semantic"]
-    headers += [f"semantic {m}" for m in modalities] + ["lost all k", "semantic vs TD"]
+    headers += [f"semantic {m}" for m in modalities] + ["no expert left", "semantic vs TD"]
     rows = []
     for _, r in summary[summary.kind == "all"].iterrows():
-        rows.append([r.policy, r.dropped_assignments_frac, r.dropped_gate_mass_frac,
-                     r.dropped_semantic_mass_frac]
-                    + [r[f"dropped_semantic_mass_frac_{m}"] for m in modalities]
-                    + [int(r.tokens_lost_all),
-                       r.get("dropped_semantic_mass_frac_vs_token_drop", float("nan"))])
+        cells = ([r.dropped_assignments_frac, r.dropped_gate_mass_frac,
+                  r.dropped_semantic_mass_frac]
+                 + [r[f"dropped_semantic_mass_frac_{m}"] for m in modalities]
+                 + [r.tokens_lost_all_frac,
+                    r.get("dropped_semantic_mass_frac_vs_token_drop", float("nan"))])
+        rows.append([r.policy] + ["n/a" if v != v else v for v in cells])
     echo_table(headers, rows)

@@ -2,13 +2,14 @@
 
 Each policy is one module with one pure tensor function (router scores [T, E] in, a
 ``DispatchPlan`` out), the same code on CPU and CUDA, no loop over tokens. Ask for one by
-name: ``get_policy("macs", capacity_factor=1.0)(scores, top_k=8, modality=...,
-entropy=..., placement=...)``.
+name: ``get_policy("macs", capacity_factor=1.0)(scores, top_k=8, token_gpu=...,
+placement=..., modality=..., entropy=...)``.
 """
 
 from macssim.policies._capacity import megatron_capacity
-from macssim.policies._plan import DispatchPlan, DropStats
+from macssim.policies._plan import YARDSTICK_DELTA, DispatchPlan, DropStats
 from macssim.policies._registry import Policy, get_policy, list_policies
+from macssim.policies._scope import SCOPES
 from macssim.policies.expanded_drop import expanded_drop
 from macssim.policies.labels import (
     ExpertLabelCounter,
@@ -22,6 +23,8 @@ from macssim.policies.vanilla import vanilla
 __all__ = [
     "DispatchPlan",
     "DropStats",
+    "SCOPES",
+    "YARDSTICK_DELTA",
     "ExpertLabelCounter",
     "MacsParams",
     "Policy",

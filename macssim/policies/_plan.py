@@ -1,8 +1,14 @@
 """The dispatch plan every policy returns, and the price it paid: what it dropped.
 
-A plan keeps the router's [T, k] slot layout. A slot is either kept on its original
-expert, kept on a rerouted expert (``rerouted``), or dropped (``kept`` False). Per-expert
-and per-GPU loads follow from ``expert_ids[kept]``.
+A plan has one column per candidate assignment: the router's k slots first, then (for
+Expanded Drop and MACS) one column per expert of the token's own GPU, which a token may
+take on top of its top-k. A router slot is kept or dropped; an added column is kept
+(``rerouted``) or not taken. Per-expert and per-GPU loads follow from
+``expert_ids[kept]``.
+
+What a plan dropped is measured on one yardstick for every policy: the semantic weight
+w(x) with the fixed ``YARDSTICK_DELTA`` (not the policy's own δ), so MACS and the others
+are compared on the same scale.
 """
 
 from __future__ import annotations
@@ -14,33 +20,45 @@ import torch
 
 from macssim.trace import MODALITIES
 
-__all__ = ["DispatchPlan", "DropStats", "drop_stats"]
+__all__ = ["YARDSTICK_DELTA", "YARDSTICK_EPS", "DispatchPlan", "DropStats", "drop_stats"]
+
+YARDSTICK_DELTA = 1.0
+"""δ of the semantic weight every policy's dropped semantic mass is measured with."""
+YARDSTICK_EPS = 1e-6
+"""ε of the same weight."""
 
 
 @dataclass(frozen=True)
 class DropStats:
     """What a plan dropped, split by modality (keys: ``MODALITIES`` present in the batch).
 
-    Masses are sums over assignments: gate mass uses the slot's gate weight, semantic
-    mass the token's semantic weight w(x) (DESIGN.md §4; 1 for text).
+    Counts and masses are over the router's k slots. Gate mass uses the slot's gate
+    weight; semantic mass the token's w(x) with the fixed ``YARDSTICK_DELTA`` over the
+    layer's visual tokens (1 for text), whatever the policy. A mass the input cannot
+    support is NaN: gate mass without the router's weights or scores, semantic mass
+    without feature entropy (id-only imports).
     """
 
     assignments: dict[str, int]
     dropped_assignments: dict[str, int]
     rerouted_assignments: dict[str, int]
+    """Kept assignments on experts outside the token's top-k (the local experts Expanded
+    Drop and MACS add)."""
     gate_mass: dict[str, float]
     dropped_gate_mass: dict[str, float]
     semantic_mass: dict[str, float]
     dropped_semantic_mass: dict[str, float]
     tokens: dict[str, int]
     tokens_lost_all: dict[str, int]
-    """Tokens none of whose k assignments survived."""
+    """Tokens left with no expert at all: none of their k slots kept and no expert
+    added (the MoE layer contributes nothing to them)."""
 
     def total(self, name: str) -> float:
         return sum(getattr(self, name).values())
 
     def frac(self, name: str, modality: str | None = None) -> float:
-        """``dropped_<name>`` over ``<name>``, for one modality or all (0 when empty)."""
+        """``dropped_<name>`` over ``<name>``, for one modality or all (0 when empty; NaN
+        when the input cannot support the mass)."""
         num, den = getattr(self, f"dropped_{name}"), getattr(self, name)
         if modality is None:
             d = sum(den.values())
@@ -52,21 +70,29 @@ class DropStats:
 class DispatchPlan:
     """Where each token's k assignments go.
 
-    A plan for one layer has [T, k] tensors; a plan for B layers at once (scores given as
-    [B, T, E]) has [B, T, k] tensors, ``capacity`` [B, E], ``semantic_weight`` [B, T] and
-    one ``DropStats`` per layer in ``drops``; ``layers()`` splits it.
+    A plan for one layer has [T, S] tensors; a plan for B layers at once (scores given as
+    [B, T, E]) has [B, T, S] tensors, ``capacity`` [B, ...], ``semantic_weight`` [B, T],
+    ``exchange_bytes`` [B, G] and one ``DropStats`` per layer in ``drops``; ``layers()``
+    splits it.
 
-    Attributes (T tokens, k slots, E experts):
-        expert_ids: [T, k] int64, expert of each slot after rerouting (the original expert
-            for dropped slots).
-        weights: [T, k] float32, gate weight of each slot (the router's weight; a rerouted
-            slot carries the router's score for its new expert). Dropped slots keep their
-            weight here: combine with ``kept`` for the effective weight.
-        kept: [T, k] bool, the slot is computed.
-        rerouted: [T, k] bool, the slot moved to another expert (implies kept).
-        capacity: [E] float64 or None, the capacity each expert was held to (token counts;
-            semantic-weight units for MACS). None for ``vanilla``.
-        semantic_weight: [T] float32, w(x) per token (1 for text).
+    Attributes (T tokens, k router slots, S = k + M columns, E experts, G GPUs):
+        expert_ids: [T, S] int64: columns < k the router's choice, columns >= k the
+            experts of the token's GPU that Expanded Drop and MACS may add (-1 padding,
+            never kept). S = k for vanilla and token-drop.
+        weights: [T, S] float32, gate weight of each column: the router's weight for its
+            k slots, the router's score for an added expert (as CAI-MoE's code; a model
+            that normalises top-k renormalises over the kept columns). Combine with
+            ``kept`` for the effective weight.
+        kept: [T, S] bool, the assignment is computed.
+        rerouted: [T, S] bool, an added expert is computed (columns >= k only).
+        capacity: None for ``vanilla``; else float64 [E] (scope ``global``) or [G, E]
+            (scope ``rank``: what expert e takes of GPU g's tokens), in tokens, or in
+            semantic-weight units for MACS.
+        semantic_weight: [T] float32, the policy's w(x) (MACS's δ; 1 for text); the drop
+            tallies use the fixed yardstick instead.
+        exchange_bytes: [G] int64 or None: bytes each GPU must all-gather to all others
+            before dispatch (scope ``global``: per-expert demand and ranking keys); None
+            when nothing is exchanged (scope ``rank``, vanilla).
         drops: what the plan dropped, by modality (a tuple, one per layer, for B layers).
     """
 
@@ -77,6 +103,9 @@ class DispatchPlan:
     capacity: torch.Tensor | None
     semantic_weight: torch.Tensor
     drops: DropStats | tuple[DropStats, ...] = field(repr=False)
+    top_k: int = 0
+    """k: the router's slots are the first k columns."""
+    exchange_bytes: torch.Tensor | None = None
 
     @property
     def is_batched(self) -> bool:
@@ -89,7 +118,8 @@ class DispatchPlan:
         return [DispatchPlan(self.expert_ids[b], self.weights[b], self.kept[b],
                              self.rerouted[b],
                              None if self.capacity is None else self.capacity[b],
-                             self.semantic_weight[b], self.drops[b])
+                             self.semantic_weight[b], self.drops[b], self.top_k,
+                             None if self.exchange_bytes is None else self.exchange_bytes[b])
                 for b in range(self.expert_ids.shape[0])]
 
 
@@ -97,20 +127,31 @@ _FIELDS = [(f.name, int if "int" in str(f.type) else float) for f in dataclasses
 """DropStats' fields in order, with the type of their values (counts or masses)."""
 
 
-def drop_stats(original_weights: torch.Tensor, kept: torch.Tensor, rerouted: torch.Tensor,
-               modality: torch.Tensor, semantic_weight: torch.Tensor) -> list[DropStats]:
+def drop_stats(original_weights: torch.Tensor | None, kept: torch.Tensor,
+               rerouted: torch.Tensor, modality: torch.Tensor,
+               semantic_weight: torch.Tensor | None, top_k: int) -> list[DropStats]:
     """Tally each layer's drops by modality, all layers in one pass.
 
     Args:
-        original_weights: [B, T, k] gate weights of the router's original assignments.
-        kept, rerouted: [B, T, k] bool.
+        original_weights: [B, T, k] gate weights of the router's slots; None when the
+            input has neither weights nor scores (gate masses NaN).
+        kept, rerouted: [B, T, S] bool, the router's k slots first.
         modality: [T] integer codes into ``MODALITIES``.
-        semantic_weight: [B, T] w(x).
+        semantic_weight: [B, T] yardstick w(x); None without entropy (masses NaN).
     Returns:
         One ``DropStats`` per layer.
     """
     num_mod = len(MODALITIES)
+    lost_all = ~kept.any(dim=2)
+    rerouted_count = rerouted.sum(dim=2)                                  # [B, T]
+    kept = kept[:, :, :top_k]
     num_layers, num_tokens, k = kept.shape
+    nan_gate = original_weights is None
+    nan_sem = semantic_weight is None
+    if nan_gate:
+        original_weights = torch.zeros(kept.shape, device=kept.device)
+    if nan_sem:
+        semantic_weight = torch.zeros(num_layers, num_tokens, device=kept.device)
     layer = torch.arange(num_layers, device=kept.device).view(-1, 1)
     tok_bin = (layer * num_mod + modality.long().view(1, -1))            # [B, T]
     slot_bin = tok_bin.unsqueeze(2).expand(-1, -1, k)                     # [B, T, k]
@@ -132,17 +173,26 @@ def drop_stats(original_weights: torch.Tensor, kept: torch.Tensor, rerouted: tor
     table = torch.stack([
         count(slot_bin).double(),
         count(slot_bin, dropped).double(),
-        count(slot_bin, rerouted).double(),
+        count(tok_bin, None, rerouted_count.double()),
         count(slot_bin, None, gw),
         count(slot_bin, dropped, gw),
         count(slot_bin, None, sw),
         count(slot_bin, dropped, sw),
         count(tok_bin).double(),
-        count(tok_bin, ~kept.any(dim=2)).double(),
+        count(tok_bin, lost_all).double(),
     ]).cpu().numpy()                                                      # [9, B, M], _FIELDS order
+    if nan_gate:
+        table[3:5] = float("nan")
+    if nan_sem:
+        table[5:7] = float("nan")
     out = []
     for b in range(num_layers):
         present = [m for m in range(num_mod) if table[7, b, m] > 0]  # row 7: tokens
-        out.append(DropStats(**{name: {MODALITIES[m]: cast(table[i, b, m]) for m in present}
+        out.append(DropStats(**{name: {MODALITIES[m]: _cast(cast, table[i, b, m])
+                                       for m in present}
                                 for i, (name, cast) in enumerate(_FIELDS)}))
     return out
+
+
+def _cast(cast, value: float):
+    return float(value) if value != value else cast(value)  # NaN stays a float

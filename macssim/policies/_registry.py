@@ -18,6 +18,7 @@ from macssim._validate import (
     finite_range_text,
 )
 from macssim.policies._plan import DispatchPlan
+from macssim.policies._scope import SCOPES
 from macssim.policies.expanded_drop import expanded_drop
 from macssim.policies.macs import MacsParams, macs
 from macssim.policies.token_drop import token_drop
@@ -33,13 +34,15 @@ def _macs_entry(scores, *, params: dict[str, Any], **kw) -> DispatchPlan:
 
 # name -> (function, parameters it accepts, one-line description)
 _POLICIES: dict[str, tuple[Callable[..., DispatchPlan], tuple[str, ...], str]] = {
-    "vanilla": (vanilla, ("delta",), "plain top-k, no capacity (the accuracy reference)"),
-    "token-drop": (token_drop, ("capacity_factor", "drop_policy", "delta"),
+    "vanilla": (vanilla, (), "plain top-k, no capacity (the accuracy reference)"),
+    "token-drop": (token_drop, ("capacity_factor", "drop_policy", "scope"),
                    "CAI-MoE Token Drop: keep each expert's C highest-score assignments"),
-    "expanded-drop": (expanded_drop, ("capacity_factor", "delta"),
-                      "CAI-MoE Expanded Drop: overflow to next-best expert on the same GPU"),
+    "expanded-drop": (expanded_drop, ("capacity_factor", "scope"),
+                      "CAI-MoE Expanded Drop: top-k plus the token's GPU's experts, each "
+                      "expert keeps its C best"),
     "macs": (_macs_entry, tuple(f.name for f in dataclasses.fields(MacsParams)),
-             "MACS: entropy-weighted load, modality-adaptive capacity, semantic rerouting"),
+             "MACS: entropy-weighted load, modality-adaptive capacity, local semantic "
+             "rerouting"),
 }
 
 
@@ -77,6 +80,7 @@ _PARAMS: dict[str, ParamSpec] = {
     "eps": ParamSpec(low=1e-12, high=1e6),  # > 0, and still > 0 once cast to float32
     "min_capacity": _KNOB,
     "capacity_basis": ParamSpec(choices=("tokens", "weight")),
+    "scope": ParamSpec(choices=SCOPES),
 }
 
 
@@ -118,8 +122,11 @@ def check_policy_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
 class Policy:
     """A policy with its parameters bound; call it once per MoE layer and step.
 
-    ``policy(scores, top_k=k, modality=..., entropy=..., placement=..., topk_ids=...,
-    topk_weights=..., expert_labels=...)`` -> ``DispatchPlan``. Tensors may live on CPU
+    ``policy(scores, top_k=k, token_gpu=..., placement=..., modality=..., entropy=...,
+    topk_ids=..., topk_weights=..., expert_labels=...)`` -> ``DispatchPlan``. The
+    capacity policies need ``token_gpu`` ([T], the GPU each token is dispatched from)
+    and ``placement`` ([E] expert -> GPU), passed as data so that policies never import
+    the cluster. Tensors may live on CPU
     or CUDA; the plan lives where ``scores`` does. Scores [B, T, E] (with entropy [B, T],
     topk_ids [B, T, k], expert_labels [B, E]) plan B layers of one step in one call, as
     ``macssim replay`` does: the same result as B calls, with far fewer kernel launches.
@@ -140,16 +147,22 @@ class Policy:
         return self.name == "macs"
 
     def __call__(self, scores: torch.Tensor | None, *, top_k: int,
-                 placement: torch.Tensor | None = None, modality: torch.Tensor | None = None,
+                 placement: torch.Tensor | None = None, token_gpu: torch.Tensor | None = None,
+                 modality: torch.Tensor | None = None,
                  entropy: torch.Tensor | None = None, topk_ids: torch.Tensor | None = None,
                  topk_weights: torch.Tensor | None = None,
                  expert_labels: torch.Tensor | None = None,
                  num_experts: int | None = None) -> DispatchPlan:
+        scores_known = scores is not None
         if scores is None:
             scores = self._scores_from_ids(topk_ids, num_experts)
         fn = _POLICIES[self.name][0]
         kw: dict[str, Any] = dict(top_k=top_k, modality=modality, entropy=entropy,
-                                  topk_ids=topk_ids, topk_weights=topk_weights)
+                                  topk_ids=topk_ids, topk_weights=topk_weights,
+                                  scores_known=scores_known)
+        if self.name != "vanilla":
+            kw["token_gpu"] = token_gpu
+            kw["placement"] = placement
         if self.name in ("expanded-drop", "macs"):
             if placement is None:
                 raise PolicyError(f'{self.name}: needs "placement" ([E] expert -> GPU) to '

@@ -1,49 +1,56 @@
-"""CAI-MoE Expanded Drop (arXiv 2503.05066): Token Drop first, then each dropped
-assignment moves to the token's next-best expert on the same GPU that still has room,
-and is dropped only when none has. Staying on the GPU keeps the dispatch traffic as it
-was while the spare capacity of the GPU's cooler experts absorbs the overflow."""
+"""CAI-MoE Expanded Drop (arXiv 2503.05066, Algorithm 2; the ``overselect`` strategy of
+its code): a token's candidates are its top-k experts plus every expert on the token's
+own GPU, and each expert keeps the C highest-scoring of its candidates. An idle local
+expert so fills up to C with the GPU's best-scoring tokens, not only with dropped ones,
+and a token may end with more than k experts: that extra work never leaves the GPU."""
 
 from __future__ import annotations
 
 import torch
 
 from macssim._errors import PolicyError
-from macssim.policies._capacity import check_placement, megatron_capacity, reroute_local
+from macssim.policies._capacity import admit_by_priority, check_placement
 from macssim.policies._common import finish_plan, layer_batch
 from macssim.policies._plan import DispatchPlan
-from macssim.policies.macs import entropy_weights
-from macssim.policies.token_drop import keep_within_capacity
+from macssim.policies._scope import exchange_bytes, local_candidates, sources
+from macssim.policies.token_drop import bucket_capacity, plan_capacity
 
 __all__ = ["expanded_drop"]
 
 
 def expanded_drop(scores: torch.Tensor, *, top_k: int, placement: torch.Tensor,
-                  capacity_factor: float = 1.0, modality: torch.Tensor | None = None,
+                  capacity_factor: float = 1.0, scope: str = "rank",
+                  token_gpu: torch.Tensor | None = None, modality: torch.Tensor | None = None,
                   entropy: torch.Tensor | None = None, topk_ids: torch.Tensor | None = None,
-                  topk_weights: torch.Tensor | None = None, delta: float = 1.0, **_unused
-                  ) -> DispatchPlan:
+                  topk_weights: torch.Tensor | None = None, scores_known: bool = True,
+                  **_unused) -> DispatchPlan:
     """Expanded Drop on one MoE layer's batch ([T, E]) or B layers at once ([B, T, E]).
 
     Args:
         scores: router probabilities; top_k: k; capacity_factor: γ > 0.
-        placement: [E] int64 expert -> GPU.
-        modality, entropy: only to report semantic mass (w with ``delta``).
+        placement: [E] int64 expert -> GPU; token_gpu: [T] GPU each token is dispatched
+            from; scope: ``rank`` or ``global`` (where C applies, and to which T).
+        modality, entropy: only to report what was dropped.
     """
     if not capacity_factor > 0:
         raise PolicyError(f'expanded-drop: "capacity_factor" must be > 0, got '
                           f"{capacity_factor!r}")
     b = layer_batch(scores, top_k, modality=modality, entropy=entropy, topk_ids=topk_ids,
-                    topk_weights=topk_weights, policy="expanded-drop")
+                    topk_weights=topk_weights, policy="expanded-drop", scores_known=scores_known)
     check_placement(placement, b.num_experts, "expanded-drop")
-    capacity = megatron_capacity(b.num_tokens, top_k, b.num_experts, capacity_factor)
-    first_pass = keep_within_capacity(b, capacity, "probs")
-    cap = torch.full((b.num_layers * b.num_experts,), float(capacity), dtype=torch.float64,
-                     device=first_pass.device)
-    global_ids = b.group.unsqueeze(1) * b.num_experts + b.ids
-    load = torch.bincount(global_ids[first_pass], minlength=cap.shape[0]).double()
-    ones = torch.ones(b.scores.shape[0], dtype=torch.float64, device=cap.device)
-    new_ids, rerouted = reroute_local(b.scores, b.ids, ~first_pass, placement.long(), load, cap,
-                                      ones, group=b.group)
-    w = entropy_weights(b.modality, b.entropy, delta, num_layers=b.num_layers)
-    return finish_plan(b, new_ids, first_pass | rerouted, rerouted,
-                       cap.view(b.num_layers, b.num_experts), w)
+    src = sources(scope, token_gpu, placement, b.num_layers, b.num_tokens, "expanded-drop")
+    cap = bucket_capacity(src, top_k, b.num_experts, capacity_factor)
+    cand_ids, cand = local_candidates(b.ids, b.scores, src, placement.long().to(b.ids.device))
+    rows, cols = torch.nonzero(cand, as_tuple=True)
+    experts = cand_ids[rows, cols]
+    admitted = admit_by_priority(src.bucket(rows, experts, b.num_experts),
+                                 torch.ones(rows.shape[0], dtype=torch.float64,
+                                            device=rows.device),
+                                 cap.reshape(-1), [b.scores[rows, experts]])
+    kept = torch.zeros_like(cand)
+    kept[rows[admitted], cols[admitted]] = True
+    added = kept.clone()
+    added[:, :top_k] = False
+    exchange = exchange_bytes(src, rows, experts, cap[:, 0], b.num_experts, key_bytes=4)
+    return finish_plan(b, cand_ids, kept, added, plan_capacity(cap, scope),
+                       torch.ones(b.num_layers, b.num_tokens, device=kept.device), exchange)

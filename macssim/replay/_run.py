@@ -192,13 +192,15 @@ def _tensor(a: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
 
 
 def _plans_for_step(step: Step, model: ModelFacts, policy: Policy, placement_t: torch.Tensor,
-                    labels: np.ndarray | None, device: torch.device):
+                    labels: np.ndarray | None, device: torch.device,
+                    token_gpu: np.ndarray | None = None):
     """The policy's plan for every MoE layer of the step, all layers in one call."""
     plan = policy(
         _tensor(step.scores, device), top_k=model.top_k, placement=placement_t,
         modality=_tensor(step.modality, device), entropy=_tensor(step.entropy, device),
         topk_ids=_tensor(step.topk_ids, device), topk_weights=_tensor(step.topk_weights, device),
-        expert_labels=_tensor(labels, device), num_experts=model.num_experts)
+        expert_labels=_tensor(labels, device), num_experts=model.num_experts,
+        token_gpu=_tensor(token_gpu, device))
     return plan.layers()
 
 
@@ -268,7 +270,8 @@ def replay(config: ReplayConfig,
         token_gpu = assigner.assign(step.request_id)
         for name, policy in policies.items():
             routings, per_layer_drops = [], []
-            for plan in _plans_for_step(step, model, policy, placement_t, labels, device):
+            for plan in _plans_for_step(step, model, policy, placement_t, labels, device,
+                                        token_gpu):
                 ids = plan.expert_ids.cpu().numpy()
                 kept = plan.kept.cpu().numpy()
                 routings.append(LayerRouting(expert_ids=ids, kept=kept))
@@ -325,7 +328,8 @@ def _drop_columns(drops) -> dict[str, float]:
             "dropped_gate_mass_frac": drops.frac("gate_mass"),
             "dropped_semantic_mass_frac": drops.frac("semantic_mass"),
             "rerouted_assignments": drops.total("rerouted_assignments"),
-            "tokens_lost_all": drops.total("tokens_lost_all")}
+            "tokens_lost_all": drops.total("tokens_lost_all"),
+            "tokens_lost_all_frac": drops.total("tokens_lost_all") / max(drops.total("tokens"), 1)}
     for m in MODALITIES:
         if m in drops.tokens:
             cols[f"dropped_semantic_mass_frac_{m}"] = drops.frac("semantic_mass", m)

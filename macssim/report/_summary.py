@@ -25,8 +25,13 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "moe_share": "sum of moe_latency_s / sum of step_latency_s",
     "dropped_assignments_frac": "dropped token-expert assignments / all assignments",
     "dropped_gate_mass_frac": "gate weight of dropped assignments / all gate weight",
-    "dropped_semantic_mass_frac": "w-weighted dropped assignments / all, w = MACS weight",
+    "dropped_semantic_mass_frac": "w-weighted dropped assignments / all, w = the yardstick "
+                                  "semantic weight (δ = YARDSTICK_DELTA for every policy)",
+    "tokens_lost_all_frac": "tokens left with no expert / tokens, over steps × MoE layers "
+                            "(the mean fraction per layer)",
 }
+"""A drop figure the trace cannot support (gate mass without router weights or scores,
+semantic mass without entropy: id-only imports) is NaN, shown as n/a."""
 
 
 def summarize(layers: pd.DataFrame, steps: pd.DataFrame, drops: pd.DataFrame,
@@ -75,15 +80,19 @@ def _row(policy: str, kind: str, lay: pd.DataFrame, stp: pd.DataFrame,
         "tokens_per_s": float(stp.tokens.sum() / stp.step_latency_s.sum()),
         "moe_share": float(moe.sum() / stp.step_latency_s.sum()),
     }
-    by_modality = drp.groupby("modality").sum(numeric_only=True)
-    totals = by_modality.sum()
+    # min_count=1: a mass the trace cannot support (NaN in every row) stays NaN.
+    by_modality = drp.groupby("modality").sum(numeric_only=True, min_count=1)
+    totals = by_modality.sum(min_count=1)
     for name in ("assignments", "gate_mass", "semantic_mass"):
         row[f"dropped_{name}_frac"] = _frac(totals[f"dropped_{name}"], totals[name])
         for modality, r in by_modality.iterrows():
             row[f"dropped_{name}_frac_{modality}"] = _frac(r[f"dropped_{name}"], r[name])
     row["tokens_lost_all"] = int(totals["tokens_lost_all"])
+    row["tokens_lost_all_frac"] = _frac(totals["tokens_lost_all"], totals["tokens"])
     return row
 
 
 def _frac(num: float, den: float) -> float:
+    if num != num or den != den:
+        return float("nan")  # not measurable on this trace
     return float(num / den) if den else 0.0

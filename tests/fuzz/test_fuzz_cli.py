@@ -283,7 +283,8 @@ def _tiny_batch():
     scores = torch.rand(2, 16, 8, generator=g).softmax(-1)
     return dict(scores=scores, top_k=2, modality=torch.tensor([0, 1] * 8, dtype=torch.uint8),
                 entropy=torch.rand(2, 16, generator=g) * 3,
-                placement=torch.arange(8) // 2, expert_labels=torch.tensor([[1, -1, 0, 1] * 2] * 2))
+                placement=torch.arange(8) // 2, expert_labels=torch.tensor([[1, -1, 0, 1] * 2] * 2),
+                token_gpu=torch.arange(16) % 4)
 
 
 @pytest.mark.parametrize("policy", ["vanilla", "token-drop", "expanded-drop", "macs"])

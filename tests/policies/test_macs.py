@@ -39,8 +39,10 @@ def image_heavy_batch():
     for t, e in zip(range(8, 16), [1, 1, 1, 2, 2, 2, 3, 3], strict=True):
         scores[t] = torch.full((E,), 0.1)
         scores[t, e] = 0.7
+    # Every token on GPU 4, which holds none of the experts: no local candidate, and
+    # T = 16 under either capacity scope.
     return dict(scores=scores, top_k=1, placement=torch.arange(E), modality=modality,
-                entropy=entropy)
+                entropy=entropy, token_gpu=torch.full((16,), 4))
 
 
 def test_entropy_weights_follow_the_formula():
@@ -87,7 +89,8 @@ def test_macs_admits_heaviest_first_when_it_must_drop():
 def test_modality_adaptive_capacity_moves_room_to_visual_experts():
     b = image_heavy_batch()
     labels = torch.tensor([1, -1, -1, 0])
-    plan = get_policy("macs", capacity_factor=1.0, rho=0.5)(**b, expert_labels=labels)
+    plan = get_policy("macs", capacity_factor=1.0, rho=0.5, scope="global")(
+        **b, expert_labels=labels)
     w = plan.semantic_weight.double()
     r_v = w[:8].sum() / w.sum()
     base = 4.0
@@ -115,9 +118,11 @@ def test_unknown_policy_and_parameter_are_named():
 def test_id_only_input_works_for_policies_that_need_no_scores():
     ids = torch.tensor([[0, 1], [0, 2], [0, 3]])
     plan = get_policy("token-drop", drop_policy="position", capacity_factor=1.0)(
-        None, top_k=2, topk_ids=ids, num_experts=4)
+        None, top_k=2, topk_ids=ids, num_experts=4, token_gpu=torch.zeros(3, dtype=torch.long))
     # C = ceil(3·2/4) = 2: expert 0 keeps the first two tokens.
     assert plan.kept.tolist() == [[True, True], [True, True], [False, True]]
+    # Ids only: the gate and semantic masses cannot be measured, and say so.
+    assert np.isnan(plan.drops.frac("gate_mass")) and np.isnan(plan.drops.frac("semantic_mass"))
     with pytest.raises(PolicyError, match="scores"):
         get_policy("expanded-drop")(None, top_k=2, topk_ids=ids, num_experts=4,
                                     placement=torch.zeros(4, dtype=torch.long))
@@ -134,9 +139,9 @@ def test_label_calibration():
 
 def test_on_a_synthetic_image_heavy_trace_macs_drops_less_semantic_mass(small_trace):
     """docvqa prefill (mostly image tokens), every layer, γ = 1: MACS must lose less
-    semantic mass than Token Drop. Follows from the construction: MACS admits by weight
-    against the same C, and a visual token weighs < 1, so its capacity holds at least
-    as many tokens, heaviest first; what overflows is rerouted before it is dropped."""
+    semantic mass than Token Drop, on the same yardstick. MACS admits by weight against
+    the same C_base, and a visual token weighs < 1, so its capacity holds at least as
+    many tokens, heaviest first."""
     from macssim.trace import open_trace
 
     trace = open_trace(small_trace)
@@ -144,7 +149,8 @@ def test_on_a_synthetic_image_heavy_trace_macs_drops_less_semantic_mass(small_tr
     assert (step.modality > 0).mean() > 0.5
     kw = dict(top_k=trace.model.top_k, modality=torch.from_numpy(step.modality),
               entropy=torch.from_numpy(step.entropy), placement=torch.arange(32) // 4,
-              topk_ids=torch.from_numpy(step.topk_ids))
+              topk_ids=torch.from_numpy(step.topk_ids),
+              token_gpu=torch.arange(step.modality.shape[0]) % 8)
     scores = torch.from_numpy(step.scores)
     td = get_policy("token-drop")(scores, **kw)
     mc = get_policy("macs")(scores, **kw)
@@ -163,7 +169,7 @@ def test_weight_basis_spends_the_same_budget_on_semantic_load():
     w_red, w_sal = _sigmoid(-(6 - mu) / sigma), _sigmoid(-(2 - mu) / sigma)
     total = 8 + 6 * w_red + 2 * w_sal
     assert math.ceil(total * 1 / 4) == 3
-    plan = get_policy("macs", capacity_basis="weight")(**b)
+    plan = get_policy("macs", capacity_basis="weight", scope="global")(**b)
     assert plan.capacity.tolist() == [3.0] * 4
     kept = plan.kept[:, 0]
     assert kept[6:8].all() and int(kept[:6].sum()) == 3 and kept[:3].all()
