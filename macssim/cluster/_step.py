@@ -49,6 +49,7 @@ from macssim.trace import MODALITIES, ModelFacts
 __all__ = ["SimOptions", "simulate_step"]
 
 _STEP_KINDS = ("prefill", "decode")
+_FLOW_SOLVERS = ("fast", "reference")
 _VISION_CODES = (MODALITIES.index("image"), MODALITIES.index("video"))
 (_VISION, _DENSE, _ATTENTION, _ALLREDUCE, _ROUTER, _DISPATCH, _EXPERTS, _SHARED, _COMBINE,
  _BARRIER, _HEAD) = range(len(PHASES))
@@ -69,6 +70,10 @@ class SimOptions:
     delivery time stays exact), which bounds the work on big clusters (see
     ``FlowNetwork``). Measured on 64xH100: 0.02 runs a prefill step ~3× faster and moves
     its latency by ~1 %."""
+    flow_solver: str = "fast"
+    """``fast``: the compiled flow network (``macssim.cost._flows_fast``), the same fluid
+    as the reference to 1e-9 relative; ``reference``: the readable numpy ``FlowNetwork``
+    it is tested against. ``flow_end_rtol`` > 0 always runs the reference."""
     alltoall: str | None = None
     """The all-to-all engine (``nccl``, ``deepep-normal``, ``deepep-ll``, ``ideal``);
     None: the topology's (its YAML field ``alltoall``, default ``nccl``)."""
@@ -98,6 +103,9 @@ class SimOptions:
                                f"{self.attention_tp!r}")
         if not self.router_s >= 0:
             raise MacssimError(f'SimOptions: "router_s" must be >= 0, got {self.router_s!r}')
+        if self.flow_solver not in _FLOW_SOLVERS:
+            raise MacssimError(f'SimOptions: "flow_solver" must be one of '
+                               f'{", ".join(_FLOW_SOLVERS)}, got {self.flow_solver!r}')
         if not 0 <= self.flow_end_rtol < 1:
             raise MacssimError(f'SimOptions: "flow_end_rtol" must lie in [0, 1), got '
                                f"{self.flow_end_rtol!r}")
@@ -307,8 +315,15 @@ class _StepRun:
                  options: SimOptions, dispatch_bytes: float, combine_bytes: float) -> None:
         self.env, self.topo, self.plan = env, topo, plan
         self.routes = build_routes(topo)
-        self.network = FlowNetwork(env, self.routes.capacity_bytes_per_s,
-                                   end_rtol=options.flow_end_rtol)
+        if options.flow_solver == "fast" and options.flow_end_rtol == 0:
+            from macssim.cost._flows_fast import FastCollective, FastFlowNetwork
+
+            self.network = FastFlowNetwork(env, self.routes.capacity_bytes_per_s)
+            self.collective = FastCollective
+        else:
+            self.network = FlowNetwork(env, self.routes.capacity_bytes_per_s,
+                                       end_rtol=options.flow_end_rtol)
+            self.collective = Collective
         self.log: list[tuple[int, int, int, float, float]] = []
         self.alltoall = alltoall_spec(topo, options)
         self.token_bytes = {"dispatch": dispatch_bytes, "combine": combine_bytes}
@@ -331,12 +346,12 @@ class _StepRun:
     def _layer_sim(self, load: LayerLoad) -> _LayerSim:
         topo = self.topo
         dispatch, combine = (
-            Collective(self.env, self.network, self.routes,
+            self.collective(self.env, self.network, self.routes,
                        build_legs(self.alltoall, topo.num_gpus, topo.gpus_per_node, load.counts,
                                   self.token_bytes[phase], phase),
                        topo.num_gpus)
             for phase in ("dispatch", "combine"))
-        allreduce = (Collective(self.env, self.network, self.routes,
+        allreduce = (self.collective(self.env, self.network, self.routes,
                                 allreduce_legs(topo, self.tp, self.plan.allreduce_bytes),
                                 topo.num_gpus) if self.tp > 1 else None)
         arrivals, barrier = self._barrier()
@@ -353,7 +368,7 @@ class _StepRun:
 
     def _gpu(self, g: int) -> Generator[simpy.Event, Any, None]:
         if self.vision is not None:
-            yield from self._compute(-1, g, _VISION, float(self.plan.vision_s[g]))
+            yield from self._compute(-1, g, (_VISION, float(self.plan.vision_s[g])))
             arrivals, barrier = self.vision
             arrivals[g].succeed()
             yield barrier
@@ -366,27 +381,48 @@ class _StepRun:
             yield sim.barrier
             self.log.append((layer, g, _BARRIER, arrived, self.env.now))
         self.head_start_s = self.env.now
-        yield from self._compute(len(self.layers), g, _HEAD, float(self.plan.head_s[g]))
+        yield from self._compute(len(self.layers), g, (_HEAD, float(self.plan.head_s[g])))
 
     def _moe_layer(self, layer: int, g: int, sim: _LayerSim
                    ) -> Generator[simpy.Event, Any, None]:
-        yield from self._compute(layer, g, _DENSE, self.dense_s[layer][g])
-        yield from self._compute(layer, g, _ATTENTION, self.attention_s[g])
-        if sim.allreduce is not None:
+        dense = (_DENSE, self.dense_s[layer][g])
+        attention = (_ATTENTION, self.attention_s[g])
+        router = (_ROUTER, self.router_s[g])
+        if sim.allreduce is None:
+            starts = yield from self._compute(layer, g, dense, attention, router)
+            sim.moe_start_s[g] = starts[2]
+        else:
+            yield from self._compute(layer, g, dense, attention)
             yield from self._communicate(layer, g, _ALLREDUCE, sim.allreduce)
-        sim.moe_start_s[g] = self.env.now
-        yield from self._compute(layer, g, _ROUTER, self.router_s[g])
+            sim.moe_start_s[g] = self.env.now
+            yield from self._compute(layer, g, router)
         yield from self._communicate(layer, g, _DISPATCH, sim.dispatch)
-        yield from self._compute(layer, g, _EXPERTS, self.experts_s[layer][g])
-        yield from self._compute(layer, g, _SHARED, self.shared_s[g])
+        yield from self._compute(layer, g, (_EXPERTS, self.experts_s[layer][g]),
+                                 (_SHARED, self.shared_s[g]))
         yield from self._communicate(layer, g, _COMBINE, sim.combine)
 
-    def _compute(self, layer: int, g: int, phase: int, duration_s: float
-                 ) -> Generator[simpy.Event, Any, None]:
-        start = self.env.now
-        if duration_s > 0:
-            yield self.env.timeout(duration_s)
-        self.log.append((layer, g, phase, start, self.env.now))
+    def _compute(self, layer: int, g: int, *phases: tuple[int, float]
+                 ) -> Generator[simpy.Event, Any, list[float]]:
+        """Compute phases (phase, duration) back to back on GPU g: one timeout for all of
+        them (none if they all last 0, as on a GPU without tokens), each phase starting
+        where the one before ended. Returns the phases' start times."""
+        starts, ends = [], []
+        end = self.env.now
+        for _, duration_s in phases:
+            starts.append(end)
+            if duration_s > 0:
+                end = end + duration_s
+            ends.append(end)
+        if end > self.env.now:
+            yield self.env.timeout(end - self.env.now)
+            for i in range(len(phases)):   # the last end is the clock, to the last bit
+                if ends[i] == end:
+                    ends[i] = self.env.now
+                if i + 1 < len(phases) and starts[i + 1] == end:
+                    starts[i + 1] = self.env.now
+        for (phase, _), start, stop in zip(phases, starts, ends, strict=True):
+            self.log.append((layer, g, phase, start, stop))
+        return starts
 
     def _communicate(self, layer: int, g: int, phase: int, collective: Collective
                      ) -> Generator[simpy.Event, Any, None]:

@@ -15,7 +15,7 @@ from macssim import TopologyError
 from macssim._resources import TOPOLOGIES_DIR
 from macssim.hardware import build_graph, build_routes, list_topology_presets, load_topology
 
-PRESETS = ["8xH100", "8xH200", "8xH800", "16xH100", "64xH100"]
+PRESETS = ["8xH100", "8xH200", "8xH800", "16xH100", "64xH100", "128xH100"]
 
 
 def test_presets_are_listed_and_load():
