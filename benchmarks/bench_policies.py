@@ -94,7 +94,13 @@ def main() -> None:
               f"added local {added:6.2%}"
               f"  no expert left {plan.drops.total('tokens_lost_all') / args.tokens:6.2%}")
     base = results["token-drop"]
-    print("ratio to token-drop: " + ", ".join(f"{n} {t / base:.2f}x" for n, t in results.items()))
+    print("ratio of medians to token-drop: "
+          + ", ".join(f"{n} {t / base:.2f}x" for n, t in results.items()))
+    # Each round times every policy back to back: the median of per-round ratios is the
+    # figure least moved by other load on a shared machine.
+    print("median per-round ratio to token-drop: " + ", ".join(
+        f"{n} {statistics.median(a / b for a, b in zip(t, times['token-drop'], strict=True)):.2f}x"
+        for n, t in times.items()))
 
 
 if __name__ == "__main__":
