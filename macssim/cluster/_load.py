@@ -27,10 +27,15 @@ class LayerRouting:
         expert_ids: [T, k] int64, experts each token is sent to (after rerouting); entries
             whose ``kept`` is False are ignored (they may hold -1).
         kept: [T, k] bool, False where the policy dropped the assignment.
+        exchange_bytes: [G] bytes each GPU must all-gather to every other GPU before the
+            dispatch, or None: what a policy with one capacity over the whole step
+            (``scope=global``) needs exchanged to apply it (``DispatchPlan.exchange_bytes``);
+            the step runs it as phase ``exchange``.
     """
 
     expert_ids: np.ndarray
     kept: np.ndarray
+    exchange_bytes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         ids, kept = np.asarray(self.expert_ids), np.asarray(self.kept)
@@ -40,6 +45,12 @@ class LayerRouting:
                                f"{list(kept.shape)}")
         object.__setattr__(self, "expert_ids", ids.astype(np.int64, copy=False))
         object.__setattr__(self, "kept", kept.astype(bool, copy=False))
+        if self.exchange_bytes is not None:
+            ex = np.asarray(self.exchange_bytes, dtype=np.float64)
+            if ex.ndim != 1 or not np.isfinite(ex).all() or (ex < 0).any():
+                raise MacssimError('LayerRouting: "exchange_bytes" must be [G] finite bytes '
+                                   f">= 0, got shape {list(ex.shape)}")
+            object.__setattr__(self, "exchange_bytes", ex)
 
 
 @dataclass(frozen=True)

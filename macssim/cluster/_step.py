@@ -34,7 +34,9 @@ from macssim.cost import (
     Collective,
     CostModel,
     FlowNetwork,
+    Legs,
     Precision,
+    TokenCounts,
     allreduce_legs,
     allreduce_s,
     build_legs,
@@ -51,8 +53,8 @@ __all__ = ["SimOptions", "simulate_step"]
 _STEP_KINDS = ("prefill", "decode")
 _FLOW_SOLVERS = ("fast", "reference")
 _VISION_CODES = (MODALITIES.index("image"), MODALITIES.index("video"))
-(_VISION, _DENSE, _ATTENTION, _ALLREDUCE, _ROUTER, _DISPATCH, _EXPERTS, _SHARED, _COMBINE,
- _BARRIER, _HEAD) = range(len(PHASES))
+(_VISION, _DENSE, _ATTENTION, _ALLREDUCE, _ROUTER, _EXCHANGE, _DISPATCH, _EXPERTS, _SHARED,
+ _COMBINE, _BARRIER, _HEAD) = range(len(PHASES))
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class _Plan:
     shared_s: np.ndarray        # [G]
     head_s: np.ndarray          # [G]
     loads: tuple[LayerLoad, ...]
+    exchange_bytes: tuple[np.ndarray | None, ...]  # per layer: [G] or None
     allreduce_bytes: np.ndarray  # [G] attention output each GPU all-reduces (TP > 1)
 
 
@@ -286,6 +289,7 @@ def _plan(topo: Topology, model: ModelFacts, placement: Placement, step_kind: st
         attention_s=attention, router_s=options.router_s * (tokens > 0),
         experts_s=experts_s,
         shared_s=costs.shared_experts_s(model, gpu, tokens, prec), head_s=head, loads=loads,
+        exchange_bytes=tuple(r.exchange_bytes for r in layers),
         allreduce_bytes=allreduce_bytes)
 
 
@@ -296,6 +300,7 @@ class _LayerSim:
     dispatch: Collective
     combine: Collective
     allreduce: Collective | None
+    exchange: Collective | None
     arrivals: list[simpy.Event]
     barrier: simpy.Event
     arrival_s: list[float]
@@ -334,7 +339,8 @@ class _StepRun:
         self.attention_s = plan.attention_s.tolist()
         self.router_s = plan.router_s.tolist()
         self.shared_s = plan.shared_s.tolist()
-        self.layers = [self._layer_sim(load) for load in plan.loads]
+        self.layers = [self._layer_sim(load, ex)
+                       for load, ex in zip(plan.loads, plan.exchange_bytes, strict=True)]
         self.vision = self._barrier() if plan.vision_s.any() else None
         self.vision_end_s = 0.0
         self.head_start_s = 0.0
@@ -343,7 +349,7 @@ class _StepRun:
         arrivals = [self.env.event() for _ in range(self.topo.num_gpus)]
         return arrivals, self.env.all_of(arrivals)
 
-    def _layer_sim(self, load: LayerLoad) -> _LayerSim:
+    def _layer_sim(self, load: LayerLoad, exchange_bytes: np.ndarray | None) -> _LayerSim:
         topo = self.topo
         dispatch, combine = (
             self.collective(self.env, self.network, self.routes,
@@ -354,8 +360,11 @@ class _StepRun:
         allreduce = (self.collective(self.env, self.network, self.routes,
                                 allreduce_legs(topo, self.tp, self.plan.allreduce_bytes),
                                 topo.num_gpus) if self.tp > 1 else None)
+        exchange = (None if exchange_bytes is None else self.collective(
+            self.env, self.network, self.routes, _all_gather_legs(topo, exchange_bytes),
+            topo.num_gpus))
         arrivals, barrier = self._barrier()
-        layer = _LayerSim(dispatch, combine, allreduce, arrivals, barrier,
+        layer = _LayerSim(dispatch, combine, allreduce, exchange, arrivals, barrier,
                           [0.0] * topo.num_gpus, [0.0] * topo.num_gpus)
         barrier.callbacks.append(lambda _e: setattr(layer, "end_s", self.env.now))
         return layer
@@ -396,6 +405,8 @@ class _StepRun:
             yield from self._communicate(layer, g, _ALLREDUCE, sim.allreduce)
             sim.moe_start_s[g] = self.env.now
             yield from self._compute(layer, g, router)
+        if sim.exchange is not None:
+            yield from self._communicate(layer, g, _EXCHANGE, sim.exchange)
         yield from self._communicate(layer, g, _DISPATCH, sim.dispatch)
         yield from self._compute(layer, g, (_EXPERTS, self.experts_s[layer][g]),
                                  (_SHARED, self.shared_s[g]))
@@ -479,3 +490,17 @@ class _StepRun:
             tokens_per_s=num_tokens / latency if latency > 0 else 0.0,
             dispatch_bytes=sum(r.dispatch_bytes for r in layers), layers=tuple(layers),
             gpu_layers=tuple(gpu_layers), phase_table=np.array(self.log, dtype=PHASE_DTYPE))
+
+
+def _all_gather_legs(topo: Topology, bytes_per_gpu: np.ndarray) -> Legs:
+    """Every GPU sends its ``bytes_per_gpu`` to every other GPU (an all-gather, as NCCL
+    runs it for small messages: one transfer per pair, at its size efficiency), both ends
+    waiting for it."""
+    g = topo.num_gpus
+    if bytes_per_gpu.shape != (g,):
+        raise MacssimError(f'LayerRouting: "exchange_bytes" has {bytes_per_gpu.size} entries, '
+                           f"topology {topo.name!r} has {g} GPUs")
+    pair = np.repeat(bytes_per_gpu[:, None], g, axis=1)
+    counts = TokenCounts(pair_tokens=pair, assignment_pairs=pair,
+                         node_tokens=np.zeros((g, topo.nodes)))
+    return build_legs(AllToAllSpec("nccl"), g, topo.gpus_per_node, counts, 1.0, "dispatch")

@@ -136,13 +136,15 @@ METRICS: tuple[Metric, ...] = (
 over the step's layers."""
 
 PHASES: tuple[str, ...] = (
-    "vision", "dense", "attention", "allreduce", "router", "dispatch", "experts",
-    "shared_experts", "combine", "barrier", "head",
+    "vision", "dense", "attention", "allreduce", "router", "exchange", "dispatch",
+    "experts", "shared_experts", "combine", "barrier", "head",
 )
 """Phases of a step on one GPU, in the order they run. ``vision`` runs before the first
 MoE layer on prefill steps, ``head`` (trailing dense layers and the LM head) after the
 last; the others repeat per MoE layer. ``allreduce`` is the attention output's all-reduce
-of tensor-parallel attention (absent with data-parallel attention). ``barrier`` is
+of tensor-parallel attention (absent with data-parallel attention); ``exchange`` the
+all-gather a policy with one capacity over the whole step needs before dispatch (absent
+for per-GPU capacities). ``barrier`` is
 the wait from a GPU's arrival to the layer's release."""
 
 

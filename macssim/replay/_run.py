@@ -274,7 +274,9 @@ def replay(config: ReplayConfig,
                                         token_gpu):
                 ids = plan.expert_ids.cpu().numpy()
                 kept = plan.kept.cpu().numpy()
-                routings.append(LayerRouting(expert_ids=ids, kept=kept))
+                exchange = (None if plan.exchange_bytes is None
+                            else plan.exchange_bytes.cpu().numpy())
+                routings.append(LayerRouting(expert_ids=ids, kept=kept, exchange_bytes=exchange))
                 per_layer_drops.append(plan.drops)
                 _tally(drop_tally, (name, step.kind), plan.drops)
             result = simulate_step(topology, model, placement, step_kind=step.kind,

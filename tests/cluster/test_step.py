@@ -186,7 +186,7 @@ def test_nothing_dropped_is_sent(topo4, tiny_model):
     result = run(topo4, tiny_model, ids, kept, token_gpu)
     assert all(layer.dispatch_bytes == 0.0 for layer in result.layers)
     table = result.phase_table
-    comm = table[np.isin(table["phase"], [4, 7])]  # dispatch, combine
+    comm = table[np.isin(table["phase"], [PHASES.index("dispatch"), PHASES.index("combine")])]
     assert (comm["end_s"] == comm["start_s"]).all()
 
 
@@ -273,3 +273,35 @@ def test_wrong_number_of_layers(topo4, tiny_model):
         simulate_step(topo4, tiny_model, contiguous_placement(8, 4), "decode",
                       token_gpu=np.zeros(2, int), position=np.zeros(2, int),
                       modality=np.zeros(2, np.uint8), layers=[routing])
+
+
+def test_a_global_capacity_exchange_runs_before_dispatch_as_an_all_gather(topo4, tiny_model):
+    """Each GPU all-gathers its exchange bytes: 3 transfers of b bytes from every GPU,
+    every NVLink port carrying 3 of them each way: one b-byte flow's share of a port is a
+    third, so the phase lasts latency + 3·b / (capacity · NCCL's size efficiency of b)."""
+    from macssim.cost import NCCL_FIT
+
+    n = 64
+    token_gpu, ids = local_routing(4, n)
+    b = 2.0e5
+    routing = LayerRouting(ids, np.ones_like(ids, bool), exchange_bytes=np.full(4, b))
+    result = simulate_step(topo4, tiny_model, contiguous_placement(8, 4), "decode",
+                           token_gpu=token_gpu, position=np.full(4 * n, 10),
+                           modality=np.zeros(4 * n, np.uint8),
+                           layers=[routing] * tiny_model.num_moe_layers, options=NO_EXTRAS)
+    table = result.phase_table
+    ex = table[table["phase"] == PHASES.index("exchange")]
+    assert len(ex) == 4 * tiny_model.num_moe_layers
+    nv = topo4.nvlink
+    eff = NCCL_FIT.f_inf / (1 + (NCCL_FIT.m_half / b) ** NCCL_FIT.p)
+    expected = nv.latency_s + 3 * b / eff / (nv.bw_bytes_per_s * nv.efficiency)
+    assert ex["end_s"] - ex["start_s"] == pytest.approx(np.full(len(ex), expected), rel=1e-9)
+    # Dispatch starts where the exchange ends, on every GPU.
+    disp = table[table["phase"] == PHASES.index("dispatch")]
+    assert np.allclose(np.sort(disp["start_s"]), np.sort(ex["end_s"]), rtol=0, atol=1e-15)
+
+
+def test_exchange_bytes_are_validated():
+    with pytest.raises(MacssimError, match="exchange_bytes"):
+        LayerRouting(np.zeros((2, 1), np.int64), np.ones((2, 1), bool),
+                     exchange_bytes=np.array([-1.0, 2.0]))
