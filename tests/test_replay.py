@@ -242,6 +242,13 @@ def test_an_id_only_trace_replays_with_policies_that_need_no_scores(small_trace,
     assert res.policies == ("vanilla", "token-drop")
     assert res.policy_params["token-drop"]["drop_policy"] == "position"
     assert (res.layers[res.layers.policy == "vanilla"].dropped_assignments == 0).all()
+    # Gate and semantic mass cannot be measured from ids: n/a (NaN), never a made-up 0.
+    from macssim.report import summarize
+
+    table = summarize(res.layers, res.steps, res.drops, res.policies)
+    assert table.dropped_gate_mass_frac.isna().all()
+    assert table.dropped_semantic_mass_frac.isna().all()
+    assert table.dropped_assignments_frac.notna().all()
     with pytest.raises(PolicyError, match="needs router scores"):
         replay(config(ids_only, policies=("expanded-drop",)))
 
