@@ -31,13 +31,14 @@ def test_labels_come_from_the_calibration_trace_when_given(small_trace, tmp_path
     shutil.copy(small_trace, held_out)
     replay(ReplayConfig(trace=small_trace, policies=("macs",), topology="8xH100",
                         max_steps=1, calibration_trace=held_out))
-    replay(ReplayConfig(trace=small_trace, policies=("macs",), topology="8xH100", max_steps=1))
-    assert [str(p) for p in seen] == [str(held_out), str(small_trace)]
+    assert [str(p) for p in seen] == [str(held_out)]
 
 
-def test_terminal_states_where_labels_came_from(small_trace, tmp_path):
+def test_in_sample_by_default_and_the_terminal_says_so(small_trace, tmp_path, monkeypatch):
+    seen = _spy(monkeypatch)
     res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--policy", "macs",
                                     "--steps", "1", "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
+    assert [str(p) for p in seen] == [str(small_trace)]
     assert "calibrated on the replayed trace itself (in-sample" in res.output
     assert "δ = 1 for every policy" in res.output
