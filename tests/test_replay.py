@@ -80,6 +80,23 @@ def test_replay_is_deterministic(small_trace, result):
     assert again.steps.equals(result.steps)
 
 
+def test_worker_processes_give_the_same_frames_in_the_same_order(small_trace, result):
+    parallel = replay(config(small_trace, jobs=2))
+    assert parallel.layers.equals(result.layers)
+    assert parallel.steps.equals(result.steps)
+    assert parallel.phases.equals(result.phases)
+    assert parallel.costs == result.costs
+
+
+def test_piped_progress_is_plain_lines(small_trace, tmp_path):
+    res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--policy",
+                                    "vanilla", "--steps", "2", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    # CliRunner's stderr is not a terminal: "replay: done/total" lines, no bar.
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("replay: ")]
+    assert lines and lines[-1] == "replay: 4/4 policy x step"
+
+
 def test_token_drop_is_always_the_baseline(small_trace):
     res = replay(config(small_trace, policies=("vanilla",), max_steps=1))
     assert res.policies == ("vanilla", "token-drop")

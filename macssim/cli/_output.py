@@ -10,7 +10,7 @@ import click
 
 from macssim._errors import MacssimError
 
-__all__ = ["format_table", "echo_table", "library_errors"]
+__all__ = ["Progress", "echo_table", "format_table", "library_errors"]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -54,3 +54,38 @@ def library_errors() -> Iterator[None]:
         yield
     except MacssimError as e:
         raise click.ClickException(str(e)) from e
+
+
+class Progress:
+    """Progress of long work on stderr: a tqdm bar on a terminal; when stderr is piped or
+    redirected (CI logs, ``| tee``), one plain line at every tenth of the work, so a log
+    still shows how far it got without a bar's carriage returns.
+
+    ``progress(done, total)`` is the callback the library functions take."""
+
+    def __init__(self, desc: str, unit: str) -> None:
+        import sys
+
+        from tqdm import tqdm
+
+        self._desc, self._unit = desc, unit
+        self._tty = sys.stderr.isatty()
+        self._bar = tqdm(total=0, unit=unit, desc=desc, file=sys.stderr) if self._tty else None
+        self._shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.update(done - self._bar.n)
+            return
+        tenth = 10 * done // max(total, 1)
+        if tenth != self._shown and (tenth > self._shown):
+            self._shown = tenth
+            click.echo(f"{self._desc}: {done}/{total} {self._unit}", err=True)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -30,8 +30,9 @@ from macssim.cluster import (
 )
 from macssim.cost import COSTS_CHOICES, PRECISION_PRESETS, check_precision, cost_model_for
 from macssim.hardware import ENGINES, Topology, load_topology
-from macssim.placement import contiguous_placement
+from macssim.placement import PLACEMENTS, Placement, placement_from_trace
 from macssim.policies import DropStats, Policy, expert_labels_from_trace, get_policy
+from macssim.policies._scope import local_expert_table
 from macssim.trace import MODALITIES, ModelFacts, Step, open_trace
 
 __all__ = ["BASELINE_POLICY", "ReplayConfig", "ReplayResult", "replay"]
@@ -73,6 +74,9 @@ class ReplayConfig:
     BF16, the model before precisions), ``fp8-experts`` (routed and shared experts in
     FP8, FP8 dispatch, BF16 combine), ``fp8`` (also attention projections, dense MLP and
     LM head in FP8). FP8 compute needs the topology's ``gpu.fp8_flops_per_s``."""
+    jobs: int = 1
+    """Worker processes simulating (policy, step) pairs side by side (policies run in the
+    main process). 1: everything in this process. Results are the same for any value."""
     attention_tp: int = 1
     """``SimOptions.attention_tp``: 1 is data-parallel attention; t > 1 splits attention,
     dense layers and LM head over groups of t GPUs with an all-reduce."""
@@ -83,6 +87,13 @@ class ReplayConfig:
     tables: Path | None = None
     """Directory of measured tables in macssim's format (``gemm.csv``, ``moe.csv``, as
     ``macssim cost convert`` writes them); None: an installed aiconfigurator-core's."""
+    placement: str = "contiguous"
+    """Expert placement (``macssim.placement.PLACEMENTS``): ``contiguous`` (GPU g holds
+    experts [g·E/G, (g+1)·E/G)) or ``eplb`` (DeepSeek's load balancer on the loads of
+    the replayed steps, one placement for all layers; docs/policies.md)."""
+    redundant_experts: int = 0
+    """N extra expert slots EPLB fills with replicas of the hottest experts (E + N must
+    be a multiple of the GPUs); 0 with ``contiguous``."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -123,6 +134,8 @@ class ReplayResult:
     costs: dict[str, Any] = field(default_factory=dict)
     """Which cost backend answered, why, and its coverage (what answered each operation:
     a table or the roofline, with the reason), for ``run.json``."""
+    placement: Placement | None = None
+    """The expert placement every policy ran on (one for all MoE layers)."""
 
 
 def _check_config(config: ReplayConfig) -> None:
@@ -143,6 +156,7 @@ def _check_config(config: ReplayConfig) -> None:
     check_int(config.seed, where, "seed", low=0, high=Limits.MAX_SEED)
     check_number(config.network_rtol, where, "network_rtol", low=0.0, high=1.0, high_open=True)
     check_int(config.attention_tp, where, "attention_tp", low=1, high=Limits.MAX_GPUS)
+    check_int(config.jobs, where, "jobs", low=1, high=256)
     if not isinstance(config.precision, str) or config.precision not in PRECISION_PRESETS:
         raise MacssimError(f'{where}: "precision" must be one of '
                            f'{", ".join(PRECISION_PRESETS)}, got {brief(config.precision)}')
@@ -152,6 +166,14 @@ def _check_config(config: ReplayConfig) -> None:
     if config.alltoall is not None and config.alltoall not in ENGINES:
         raise MacssimError(f'{where}: "alltoall" must be one of {", ".join(ENGINES)}, got '
                            f"{brief(config.alltoall)}")
+    if not isinstance(config.placement, str) or config.placement not in PLACEMENTS:
+        raise MacssimError(f'{where}: "placement" must be one of {", ".join(PLACEMENTS)}, got '
+                           f"{brief(config.placement)}")
+    check_int(config.redundant_experts, where, "redundant_experts", low=0,
+              high=Limits.MAX_GPUS * 64)
+    if config.redundant_experts and config.placement != "eplb":
+        raise MacssimError(f'{where}: "redundant_experts" needs placement eplb (contiguous '
+                           "places each expert once)")
 
 
 def _device(name: object) -> torch.device:
@@ -193,14 +215,15 @@ def _tensor(a: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
 
 def _plans_for_step(step: Step, model: ModelFacts, policy: Policy, placement_t: torch.Tensor,
                     labels: np.ndarray | None, device: torch.device,
-                    token_gpu: np.ndarray | None = None):
+                    token_gpu: np.ndarray | None = None,
+                    local_experts: torch.Tensor | None = None):
     """The policy's plan for every MoE layer of the step, all layers in one call."""
     plan = policy(
         _tensor(step.scores, device), top_k=model.top_k, placement=placement_t,
         modality=_tensor(step.modality, device), entropy=_tensor(step.entropy, device),
         topk_ids=_tensor(step.topk_ids, device), topk_weights=_tensor(step.topk_weights, device),
         expert_labels=_tensor(labels, device), num_experts=model.num_experts,
-        token_gpu=_tensor(token_gpu, device))
+        token_gpu=_tensor(token_gpu, device), local_experts=local_experts)
     return plan.layers()
 
 
@@ -229,7 +252,10 @@ def replay(config: ReplayConfig,
     precision = PRECISION_PRESETS[config.precision]
     check_precision(topology, precision)
     costs, costs_record = cost_model_for(topology, tables=config.tables, costs=config.costs)
-    placement = contiguous_placement(model.num_experts, topology.num_gpus)
+    placement = placement_from_trace(config.placement, trace, topology.num_gpus,
+                                     config.redundant_experts,
+                                     gpus_per_node=topology.gpus_per_node,
+                                     steps=config.max_steps)
     policies = _build_policies(config, trace.has("scores"))
     for name, policy in policies.items():
         if policy.needs_scores and not trace.has("scores"):
@@ -248,6 +274,10 @@ def replay(config: ReplayConfig,
                               f"does not match the replayed trace's ({model.name})")
         labels = expert_labels_from_trace(calib)
     placement_t = torch.from_numpy(placement.expert_to_gpu).to(device)
+    # With replicas, "local" to a policy is every expert with a replica on the GPU.
+    local_t = (local_expert_table(placement.slot_expert, placement.slot_gpu,
+                                  placement.num_gpus).to(device)
+               if placement.is_replicated else None)
     num_steps = trace.num_steps if config.max_steps is None else min(config.max_steps,
                                                                       trace.num_steps)
     total = num_steps * len(policies)
@@ -262,45 +292,63 @@ def replay(config: ReplayConfig,
     options = SimOptions(flow_end_rtol=config.network_rtol, alltoall=config.alltoall,
                          precision=precision, costs=costs, attention_tp=config.attention_tp)
     config = dataclasses.replace(config, alltoall=alltoall_spec(topology, options).engine)
-    # One assigner for the whole trace: a request keeps the GPU that holds its KV cache.
-    assigner = RequestAssigner(topology.num_gpus)
-    for step in trace:
-        if step.index >= num_steps:
-            break
-        token_gpu = assigner.assign(step.request_id)
-        for name, policy in policies.items():
-            routings, per_layer_drops = [], []
-            for plan in _plans_for_step(step, model, policy, placement_t, labels, device,
-                                        token_gpu):
-                ids = plan.expert_ids.cpu().numpy()
-                kept = plan.kept.cpu().numpy()
-                exchange = (None if plan.exchange_bytes is None
-                            else plan.exchange_bytes.cpu().numpy())
-                routings.append(LayerRouting(expert_ids=ids, kept=kept, exchange_bytes=exchange))
-                per_layer_drops.append(plan.drops)
-                _tally(drop_tally, (name, step.kind), plan.drops)
-            result = simulate_step(topology, model, placement, step_kind=step.kind,
-                                   token_gpu=token_gpu, position=step.position,
-                                   modality=step.modality, layers=routings,
-                                   request_id=step.request_id, step_index=step.index,
-                                   options=options)
-            base = {"policy": name, "kind": step.kind, "tokens": step.num_tokens}
-            for rec, drops in zip(result.layers, per_layer_drops, strict=True):
-                layer_rows.append({**base, **rec.to_dict(), **_drop_columns(drops)})
-            step_rows.append({**base, **result.to_dict()})
-            for rec in result.gpu_layers:
-                gpu_load[name][rec.layer, rec.gpu] += rec.expert_assignments
-            phases = result.frames()["phases"]
-            phases.insert(0, "policy", name)
-            if on_phases is None:
-                phase_frames.append(phases)
-            else:
-                on_phases(phases)
-            if name not in chrome:
-                chrome[name] = chrome_trace([result])
-            done += 1
-            if progress is not None:
-                progress(done, total)
+    def record(name: str, step: Step, per_layer_drops: list, result) -> None:
+        nonlocal done
+        base = {"policy": name, "kind": step.kind, "tokens": step.num_tokens}
+        for rec, drops in zip(result.layers, per_layer_drops, strict=True):
+            layer_rows.append({**base, **rec.to_dict(), **_drop_columns(drops)})
+        step_rows.append({**base, **result.to_dict()})
+        for rec in result.gpu_layers:
+            gpu_load[name][rec.layer, rec.gpu] += rec.expert_assignments
+        phases = result.frames()["phases"]
+        phases.insert(0, "policy", name)
+        if on_phases is None:
+            phase_frames.append(phases)
+        else:
+            on_phases(phases)
+        if name not in chrome:
+            chrome[name] = chrome_trace([result])
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    def tasks():
+        """(policy, step, its drops, simulate_step's per-step arguments), in order."""
+        # One assigner for the whole trace: a request keeps the GPU that holds its KV cache.
+        assigner = RequestAssigner(topology.num_gpus)
+        for step in trace:
+            if step.index >= num_steps:
+                break
+            token_gpu = assigner.assign(step.request_id)
+            for name, policy in policies.items():
+                routings, per_layer_drops = [], []
+                for plan in _plans_for_step(step, model, policy, placement_t, labels, device,
+                                            token_gpu, local_t):
+                    ids = plan.expert_ids.cpu().numpy()
+                    kept = plan.kept.cpu().numpy()
+                    exchange = (None if plan.exchange_bytes is None
+                                else plan.exchange_bytes.cpu().numpy())
+                    routings.append(LayerRouting(expert_ids=ids, kept=kept,
+                                                 exchange_bytes=exchange))
+                    per_layer_drops.append(plan.drops)
+                    _tally(drop_tally, (name, step.kind), plan.drops)
+                yield name, step, per_layer_drops, dict(
+                    step_kind=step.kind, token_gpu=token_gpu, position=step.position,
+                    modality=step.modality, layers=routings, request_id=step.request_id,
+                    step_index=step.index)
+
+    worker_counts: dict[int, dict] = {}
+    if config.jobs == 1:
+        for name, step, per_layer_drops, args in tasks():
+            record(name, step, per_layer_drops,
+                   simulate_step(topology, model, placement, options=options, **args))
+        coverage = costs.coverage()
+    else:
+        for name, step, per_layer_drops, (result, pid, counts) in _in_workers(
+                config.jobs, (topology, model, placement, options), tasks()):
+            worker_counts[pid] = counts
+            record(name, step, per_layer_drops, result)
+        coverage = _merged_coverage(costs.coverage(), worker_counts.values())
     drops = pd.DataFrame([{"policy": p, "kind": kind, "modality": m, **v}
                           for (p, kind, m), v in drop_tally.items()])
     return ReplayResult(
@@ -310,8 +358,9 @@ def replay(config: ReplayConfig,
         phases=pd.concat(phase_frames, ignore_index=True) if phase_frames else None,
         gpu_load=gpu_load,
         drops=drops, timelines=chrome, versions=_versions(),
-        costs={**costs_record, **costs.coverage()},
-        policy_params={name: dict(p.params) for name, p in policies.items()})
+        costs={**costs_record, **coverage},
+        policy_params={name: dict(p.params) for name, p in policies.items()},
+        placement=placement)
 
 
 _DROP_FIELDS = tuple(f.name for f in dataclasses.fields(DropStats))
@@ -348,3 +397,62 @@ def _versions() -> dict[str, str]:
             "pandas": pd.__version__}
 
 
+# ---------------------------------------------------------------------------------------
+# Simulating in worker processes
+
+_SHARED: tuple | None = None
+"""(topology, model, placement, options) of the replay the workers serve: set before the
+pool forks, so each worker inherits it instead of unpickling it per task."""
+
+
+def _start_worker() -> None:
+    torch.set_num_threads(1)   # the workers simulate; torch threads would only contend
+
+
+def _simulate(args: dict) -> tuple[Any, int, dict | None]:
+    import os
+
+    topology, model, placement, options = _SHARED
+    result = simulate_step(topology, model, placement, options=options, **args)
+    return result, os.getpid(), options.costs.coverage().get("operations")
+
+
+def _in_workers(jobs: int, shared: tuple, tasks):
+    """``tasks`` (name, step, drops, args) simulated on ``jobs`` forked workers, yielded in
+    order as (name, step, drops, (result, worker pid, its cost counts so far)); at most
+    2·jobs in flight, so memory stays flat."""
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _SHARED
+    _SHARED = shared
+    pending: deque = deque()
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_start_worker) as pool:
+            for name, step, drops, args in tasks:
+                pending.append((name, step, drops, pool.submit(_simulate, args)))
+                while len(pending) > 2 * jobs:
+                    name0, step0, drops0, future = pending.popleft()
+                    yield name0, step0, drops0, future.result()
+            while pending:
+                name0, step0, drops0, future = pending.popleft()
+                yield name0, step0, drops0, future.result()
+    finally:
+        _SHARED = None
+
+
+def _merged_coverage(coverage: dict, worker_counts) -> dict:
+    """The main process's coverage record with the workers' operation counts summed in
+    (each worker's counts are cumulative, so its last report is its total)."""
+    counts = [c for c in worker_counts if c]
+    if not counts:
+        return coverage
+    total: dict[str, dict[str, int]] = {}
+    for ops in counts:
+        for op, hows in ops.items():
+            for how, n in hows.items():
+                total.setdefault(op, {})[how] = total.get(op, {}).get(how, 0) + n
+    return {**coverage, "operations": {op: dict(sorted(h.items()))
+                                       for op, h in sorted(total.items())}}
