@@ -10,7 +10,7 @@ import pytest
 
 STAGES = ["macssim", "macssim.trace", "macssim.policies", "macssim.placement",
           "macssim.cluster", "macssim.replay", "macssim.report", "macssim.capture",
-          "macssim.cost", "macssim.hardware"]
+          "macssim.cost", "macssim.hardware", "macssim.serve", "macssim.sweep"]
 
 LAYERS = {
     # stage: the stages it may import (docs/architecture in README: data flows one way)
@@ -23,6 +23,10 @@ LAYERS = {
     "cluster": {"cost", "hardware", "placement", "trace"},
     "replay": {"cluster", "cost", "hardware", "placement", "policies", "trace"},
     "report": {"replay", "cluster", "cost", "hardware", "placement", "policies", "trace"},
+    "serve": {"replay", "report", "cluster", "cost", "hardware", "placement", "policies",
+              "trace"},
+    "sweep": {"replay", "report", "cluster", "cost", "hardware", "placement", "policies",
+              "trace"},
 }
 
 

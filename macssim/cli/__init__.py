@@ -33,7 +33,7 @@ def main() -> None:
 def _register() -> None:
     import importlib
 
-    for module in ("trace", "synth", "replay", "capture", "cost"):
+    for module in ("trace", "synth", "replay", "capture", "cost", "serve", "sweep", "recommend"):
         try:
             mod = importlib.import_module(f"macssim.cli.{module}")
         except ModuleNotFoundError as e:

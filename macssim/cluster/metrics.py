@@ -29,7 +29,8 @@ class Metric:
     unit: str
     scope: str
     """What one value describes: ``layer`` (one MoE layer of one step), ``gpu-layer``,
-    ``step``, or ``run`` (a policy's summary over a whole replay)."""
+    ``step``, ``run`` (a policy's summary over a whole replay or serving run), or
+    ``request`` (one request of a serving run, ``macssim serve``)."""
     definition: str
 
 
@@ -128,9 +129,50 @@ METRICS: tuple[Metric, ...] = (
            "Tokens none of whose k assignments was kept."),
     Metric("straggler_share", "fraction", "run",
            "Sum of `straggler_delay_s` over sum of `moe_latency_s`: the part of MoE time "
-           "spent waiting for the slowest GPU."),
+           "spent waiting for the slowest GPU (in a serving run, summed over its steps)."),
     Metric("<metric>_vs_token_drop", "ratio", "run",
            "A policy's summary figure over token-drop's, from the same replay."),
+    Metric("queue_s", "s", "request",
+           "Serving: from the request's arrival to the start of the first step that runs "
+           "any of its tokens."),
+    Metric("ttft_s", "s", "request",
+           "Serving: time to first token, from the request's arrival to the end of the "
+           "step that runs the last chunk of its prompt (that step yields the first output "
+           "token)."),
+    Metric("tpot_s", "s", "request",
+           "Serving: time per output token after the first, (`e2e_latency_s` − `ttft_s`) / "
+           "(output tokens − 1), as vLLM's benchmark defines it; empty for a request with "
+           "one output token."),
+    Metric("e2e_latency_s", "s", "request",
+           "Serving: from the request's arrival to the end of the step that yields its "
+           "last output token."),
+    Metric("meets_sla", "bool", "request",
+           "Serving: `ttft_s` <= the SLA's TTFT and `tpot_s` <= the SLA's TPOT (a request "
+           "with no `tpot_s` meets that part)."),
+    Metric("duration_s", "s", "run",
+           "Serving: from the first request's arrival to the last request's last token."),
+    Metric("requests_per_s", "requests/s", "run",
+           "Serving: requests served over `duration_s`."),
+    Metric("output_tokens_per_s", "tokens/s", "run",
+           "Serving: output tokens of all requests over `duration_s`."),
+    Metric("total_tokens_per_s", "tokens/s", "run",
+           "Serving: prompt and output tokens of all requests over `duration_s`."),
+    Metric("sla_attainment", "fraction", "run",
+           "Serving: requests with `meets_sla` over all requests."),
+    Metric("goodput_requests_per_s", "requests/s", "run",
+           "Serving: requests with `meets_sla` over `duration_s` (DistServe's goodput)."),
+    Metric("gpu_utilisation", "fraction", "run",
+           "Serving: GPU-seconds spent computing (the phases vision, dense, attention, "
+           "router, experts, shared_experts, head of every step; not all-reduce, "
+           "dispatch, combine, barrier, nor time with no step running) over GPUs × "
+           "`duration_s`. With a stub step time (tests), a step counts as computing on "
+           "every GPU for its whole length."),
+    Metric("max_waiting", "requests", "run",
+           "Serving: the longest queue, over all ranks, seen at a step's start after the "
+           "step was formed."),
+    Metric("<request metric>_{mean,p50,p90,p99}", "as the metric", "run",
+           "Serving: mean and percentiles over requests of `ttft_s`, `tpot_s`, "
+           "`e2e_latency_s` (requests with no `tpot_s` left out of its figures)."),
 )
 """At step scope, ``attention_s``, ``moe_latency_s`` and ``straggler_delay_s`` are sums
 over the step's layers."""
