@@ -18,6 +18,7 @@ from macssim.cluster._records import (
 )
 from macssim.cluster._requests import RequestAssigner, assign_requests_to_gpus
 from macssim.cluster._step import SimOptions, alltoall_spec, simulate_step
+from macssim.cluster._tensor_parallel import sequence_parallel_split
 
 __all__ = [
     "GpuLayerRecord",
@@ -31,6 +32,7 @@ __all__ = [
     "alltoall_spec",
     "assign_requests_to_gpus",
     "chrome_trace",
+    "sequence_parallel_split",
     "simulate_step",
     "write_chrome_trace",
 ]

@@ -131,7 +131,8 @@ class LayerLoad:
 
 
 def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
-               token_bytes: float, where: str, gpus_per_node: int | None = None) -> LayerLoad:
+               token_bytes: float, where: str, gpus_per_node: int | None = None,
+               top_k: int | None = None) -> LayerLoad:
     """Work and traffic of one layer; ``where`` names the layer in error messages."""
     num_tokens = token_gpu.shape[0]
     if routing.expert_ids.shape[0] != num_tokens:
@@ -166,4 +167,12 @@ def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
     np.fill_diagonal(dispatch, 0.0)
     return LayerLoad(rows_per_slot=rows_per_slot, dispatch_bytes=dispatch,
                      local_tokens=local, kept=int(expert.size),
-                     dropped=int(routing.kept.size - expert.size), counts=counts)
+                     dropped=_dropped(routing.kept, top_k), counts=counts)
+
+
+def _dropped(kept: np.ndarray, top_k: int | None) -> int:
+    """Router slots the policy dropped: only the first ``top_k`` columns are the router's
+    choices (Expanded Drop and MACS append the token's GPU's experts as candidates, and a
+    candidate not taken is not a drop)."""
+    router = kept if top_k is None else kept[:, :top_k]
+    return int(router.size - np.count_nonzero(router))

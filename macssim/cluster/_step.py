@@ -279,7 +279,7 @@ def _plan(topo: Topology, model: ModelFacts, placement: Placement, step_kind: st
     experts = ExpertMap.from_placement(placement)
     token_bytes = row_bytes(model, prec.dispatch)  # one dispatched token copy
     loads = tuple(layer_load(routing, token_gpu, experts, token_bytes, where=f"MoE layer {i}",
-                             gpus_per_node=topo.gpus_per_node)
+                             gpus_per_node=topo.gpus_per_node, top_k=model.top_k)
                   for i, routing in enumerate(layers))
     # Every layer's [G, S] rows per expert slot, costed in one call: [L·G, S] -> [L, G].
     rows = np.concatenate([ld.rows_per_slot for ld in loads])

@@ -26,13 +26,13 @@ from macssim.cluster import (
     SimOptions,
     alltoall_spec,
     chrome_trace,
+    sequence_parallel_split,
     simulate_step,
 )
 from macssim.cost import COSTS_CHOICES, PRECISION_PRESETS, check_precision, cost_model_for
 from macssim.hardware import ENGINES, Topology, load_topology
-from macssim.placement import PLACEMENTS, Placement, placement_from_trace
+from macssim.placement import contiguous_placement
 from macssim.policies import DropStats, Policy, expert_labels_from_trace, get_policy
-from macssim.policies._scope import local_expert_table
 from macssim.trace import MODALITIES, ModelFacts, Step, open_trace
 
 __all__ = ["BASELINE_POLICY", "ReplayConfig", "ReplayResult", "replay"]
@@ -87,13 +87,6 @@ class ReplayConfig:
     tables: Path | None = None
     """Directory of measured tables in macssim's format (``gemm.csv``, ``moe.csv``, as
     ``macssim cost convert`` writes them); None: an installed aiconfigurator-core's."""
-    placement: str = "contiguous"
-    """Expert placement (``macssim.placement.PLACEMENTS``): ``contiguous`` (GPU g holds
-    experts [g·E/G, (g+1)·E/G)) or ``eplb`` (DeepSeek's load balancer on the loads of
-    the replayed steps, one placement for all layers; docs/policies.md)."""
-    redundant_experts: int = 0
-    """N extra expert slots EPLB fills with replicas of the hottest experts (E + N must
-    be a multiple of the GPUs); 0 with ``contiguous``."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -134,8 +127,6 @@ class ReplayResult:
     costs: dict[str, Any] = field(default_factory=dict)
     """Which cost backend answered, why, and its coverage (what answered each operation:
     a table or the roofline, with the reason), for ``run.json``."""
-    placement: Placement | None = None
-    """The expert placement every policy ran on (one for all MoE layers)."""
 
 
 def _check_config(config: ReplayConfig) -> None:
@@ -166,14 +157,6 @@ def _check_config(config: ReplayConfig) -> None:
     if config.alltoall is not None and config.alltoall not in ENGINES:
         raise MacssimError(f'{where}: "alltoall" must be one of {", ".join(ENGINES)}, got '
                            f"{brief(config.alltoall)}")
-    if not isinstance(config.placement, str) or config.placement not in PLACEMENTS:
-        raise MacssimError(f'{where}: "placement" must be one of {", ".join(PLACEMENTS)}, got '
-                           f"{brief(config.placement)}")
-    check_int(config.redundant_experts, where, "redundant_experts", low=0,
-              high=Limits.MAX_GPUS * 64)
-    if config.redundant_experts and config.placement != "eplb":
-        raise MacssimError(f'{where}: "redundant_experts" needs placement eplb (contiguous '
-                           "places each expert once)")
 
 
 def _device(name: object) -> torch.device:
@@ -215,15 +198,14 @@ def _tensor(a: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
 
 def _plans_for_step(step: Step, model: ModelFacts, policy: Policy, placement_t: torch.Tensor,
                     labels: np.ndarray | None, device: torch.device,
-                    token_gpu: np.ndarray | None = None,
-                    local_experts: torch.Tensor | None = None):
+                    token_gpu: np.ndarray | None = None):
     """The policy's plan for every MoE layer of the step, all layers in one call."""
     plan = policy(
         _tensor(step.scores, device), top_k=model.top_k, placement=placement_t,
         modality=_tensor(step.modality, device), entropy=_tensor(step.entropy, device),
         topk_ids=_tensor(step.topk_ids, device), topk_weights=_tensor(step.topk_weights, device),
         expert_labels=_tensor(labels, device), num_experts=model.num_experts,
-        token_gpu=_tensor(token_gpu, device), local_experts=local_experts)
+        token_gpu=_tensor(token_gpu, device))
     return plan.layers()
 
 
@@ -252,10 +234,7 @@ def replay(config: ReplayConfig,
     precision = PRECISION_PRESETS[config.precision]
     check_precision(topology, precision)
     costs, costs_record = cost_model_for(topology, tables=config.tables, costs=config.costs)
-    placement = placement_from_trace(config.placement, trace, topology.num_gpus,
-                                     config.redundant_experts,
-                                     gpus_per_node=topology.gpus_per_node,
-                                     steps=config.max_steps)
+    placement = contiguous_placement(model.num_experts, topology.num_gpus)
     policies = _build_policies(config, trace.has("scores"))
     for name, policy in policies.items():
         if policy.needs_scores and not trace.has("scores"):
@@ -274,10 +253,6 @@ def replay(config: ReplayConfig,
                               f"does not match the replayed trace's ({model.name})")
         labels = expert_labels_from_trace(calib)
     placement_t = torch.from_numpy(placement.expert_to_gpu).to(device)
-    # With replicas, "local" to a policy is every expert with a replica on the GPU.
-    local_t = (local_expert_table(placement.slot_expert, placement.slot_gpu,
-                                  placement.num_gpus).to(device)
-               if placement.is_replicated else None)
     num_steps = trace.num_steps if config.max_steps is None else min(config.max_steps,
                                                                       trace.num_steps)
     total = num_steps * len(policies)
@@ -320,10 +295,13 @@ def replay(config: ReplayConfig,
             if step.index >= num_steps:
                 break
             token_gpu = assigner.assign(step.request_id)
+            # Each GPU's own tokens, as the policies' rank scope and "local" mean them: with
+            # tensor-parallel attention, the group's tokens each GPU dispatches.
+            policy_gpu = sequence_parallel_split(token_gpu, config.attention_tp)
             for name, policy in policies.items():
                 routings, per_layer_drops = [], []
                 for plan in _plans_for_step(step, model, policy, placement_t, labels, device,
-                                            token_gpu, local_t):
+                                            policy_gpu):
                     ids = plan.expert_ids.cpu().numpy()
                     kept = plan.kept.cpu().numpy()
                     exchange = (None if plan.exchange_bytes is None
@@ -359,8 +337,7 @@ def replay(config: ReplayConfig,
         gpu_load=gpu_load,
         drops=drops, timelines=chrome, versions=_versions(),
         costs={**costs_record, **coverage},
-        policy_params={name: dict(p.params) for name, p in policies.items()},
-        placement=placement)
+        policy_params={name: dict(p.params) for name, p in policies.items()})
 
 
 _DROP_FIELDS = tuple(f.name for f in dataclasses.fields(DropStats))

@@ -305,3 +305,15 @@ def test_exchange_bytes_are_validated():
     with pytest.raises(MacssimError, match="exchange_bytes"):
         LayerRouting(np.zeros((2, 1), np.int64), np.ones((2, 1), bool),
                      exchange_bytes=np.array([-1.0, 2.0]))
+
+
+def test_only_the_routers_slots_count_as_dropped(topo4, tiny_model):
+    """Expanded Drop's plans carry the token's GPU's experts as extra candidate columns;
+    a candidate not taken is no drop: only the first k columns count."""
+    token_gpu = np.zeros(4, int)
+    ids = np.array([[0, 7, 1, 2]] * 4)                     # k = 2 router slots, 2 extras
+    kept = np.array([[True, False, True, False]] * 4)      # slot 2 dropped, one extra taken
+    result = run(topo4, tiny_model, ids, kept, token_gpu)
+    for layer in result.layers:
+        assert layer.dropped_assignments == 4               # one router slot per token
+        assert layer.kept_assignments == 8
