@@ -84,6 +84,9 @@ class Limits:
     """One trace step's arrays after decompression: a reader holds a step (and its
     widened copies) in memory; a 16k-token prefill of a 48-layer, 128-expert model with
     scores is ~0.4 GB."""
+    MAX_ZSTD_WINDOW_BYTES = 1 << 27
+    """The window a zstd-compressed trace step may ask its reader to hold: zstd's own
+    default limit for decoders (window log 27); macssim's writers (level 3) ask for 2 MB."""
     MAX_IMPORT_BYTES = 1 << 30
     """An engine export to import (vLLM .npy/.npz uncompressed, .jsonl): ~100M
     token-layer routing slots; each JSON document in it is also held to MAX_JSON_BYTES."""

@@ -117,7 +117,18 @@ def test_default_trace_is_what_its_documented_command_makes(tmp_path) -> None:
     assert "macssim synth " + " ".join(args) + " --out macssim/data/traces/default.mtrace" in doc
     out = tmp_path / "default.mtrace"
     assert _run(*args, "--out", str(out)).exit_code == 0
-    assert out.read_bytes() == DEFAULT_TRACE.read_bytes()
+    made, bundled = open_trace(out), open_trace(DEFAULT_TRACE)
+    if made.version == bundled.version:
+        assert out.read_bytes() == DEFAULT_TRACE.read_bytes()
+        return
+    # The bundled file is still format v1 while synth writes v2 (top-N scores): until it
+    # is regenerated, the routing must be the same wherever v2 keeps it.
+    assert made.model == bundled.model and made.num_steps == bundled.num_steps
+    for a, b in zip(made, bundled, strict=True):
+        for name in ("modality", "request_id", "position", "topk_ids", "topk_weights",
+                     "entropy"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        np.testing.assert_array_equal(a.scores[a.score_known], b.scores[a.score_known])
 
 
 def test_synth_never_overwrites_a_file_it_did_not_write(tmp_path) -> None:

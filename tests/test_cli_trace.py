@@ -31,7 +31,7 @@ def test_info_summarises_the_trace(small_trace):
 
 def test_validate_passes_a_good_trace_and_names_a_bad_one(small_trace, tmp_path):
     ok = CliRunner().invoke(main, ["trace", "validate", str(small_trace)])
-    assert ok.exit_code == 0 and "valid macssim trace v1" in ok.output
+    assert ok.exit_code == 0 and "valid macssim trace v2" in ok.output
     data = bytearray(small_trace.read_bytes())
     data[len(data) // 2] ^= 0xFF  # flip one byte inside a step's payload
     bad = tmp_path / "bad.mtrace"

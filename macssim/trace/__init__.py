@@ -1,12 +1,15 @@
-"""Traces: what a model's routers did, step by step (format v1, ``docs/trace-format.md``),
+"""Traces: what a model's routers did, step by step (formats v1 and v2,
+``docs/trace-format.md``),
 model presets, and synthetic traces for when no GPU and no weights are at hand.
 
 This is the public API of the stage; everything else in the folder is private.
 """
 
 from macssim.trace._format import (
+    DEFAULT_TOP_N,
     FORMAT_VERSION,
     MODALITIES,
+    SUPPORTED_VERSIONS,
     Step,
     Trace,
     TraceWriter,
@@ -23,12 +26,15 @@ from macssim.trace._scenario import (
     list_scenarios,
     load_scenario,
 )
+from macssim.trace._step import unscored_experts_per_gpu
 from macssim.trace._summary import TraceSummary, summarize_trace
 from macssim.trace._synth import SynthSummary, synthesize, synthetic_steps
 
 __all__ = [
+    "DEFAULT_TOP_N",
     "FORMAT_VERSION",
     "MODALITIES",
+    "SUPPORTED_VERSIONS",
     "ExpertSet",
     "ModelFacts",
     "RequestKind",
@@ -49,5 +55,6 @@ __all__ = [
     "summarize_trace",
     "synthesize",
     "synthetic_steps",
+    "unscored_experts_per_gpu",
     "write_trace",
 ]

@@ -1,5 +1,7 @@
-"""Trace format v1: one file, a JSON header, then one self-describing record per forward
-step, then an index. Specified for outside writers in ``docs/trace-format.md``.
+"""Trace formats v1 and v2: one file, a JSON header, then one self-describing record per
+forward step, then an index. Specified for outside writers in ``docs/trace-format.md``.
+Writers write v2 (top-N router scores, compact dtypes, zstd) unless asked for v1; the
+reader reads both.
 
 Why this shape: a trace can be far larger than memory (a 16k-token prefill of a
 48-layer, 128-expert model holds ~200 MB of router scores), so a reader must hold one
@@ -27,19 +29,24 @@ import numpy as np
 
 from macssim._errors import TraceError
 from macssim._validate import Limits, brief, check_choice, check_int, load_json, mapping
+from macssim.trace import _codec
 from macssim.trace._model import ModelFacts
 from macssim.trace._step import (
     FIELD_NAMES,
     FIELDS,
+    FIELDS_V2,
     MODALITIES,
+    TOPN_FIELDS,
     Step,
     check_step,
     normalise_step,
 )
 
 __all__ = [
+    "DEFAULT_TOP_N",
     "FORMAT_VERSION",
     "MODALITIES",
+    "SUPPORTED_VERSIONS",
     "Step",
     "Trace",
     "TraceWriter",
@@ -48,11 +55,36 @@ __all__ = [
     "write_trace",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""What writers write by default; ``SUPPORTED_VERSIONS`` what the reader reads."""
+SUPPORTED_VERSIONS = (1, 2)
 MAGIC = b"MACSTRC\x00"
 END_MAGIC = b"MACSEND\x00"
 STEP_TAG = b"STEP"
 INDEX_TAG = b"INDX"
+
+DEFAULT_TOP_N = "2k"
+"""Scores a v2 writer keeps per token and layer unless told: the top-k experts' and the k
+highest-scored others' (N = 2k, at most E). See docs/trace-format.md for what is lost."""
+
+
+def resolve_top_n(top_n: int | str | None, model: ModelFacts) -> int | None:
+    """N scores per token and layer, or None for all E. ``"2k"``: 2k; an int N in
+    (k, E]; ``None`` or ``"all"``: all. N >= E keeps all."""
+    k, num_experts = model.top_k, model.num_experts
+    if top_n is None or top_n == "all":
+        return None
+    if top_n == DEFAULT_TOP_N:
+        n = 2 * k
+    elif isinstance(top_n, int) and not isinstance(top_n, bool):
+        n = top_n
+    else:
+        raise TraceError(f'top_n must be an integer, "2k" or "all", got {brief(top_n)}')
+    if n <= k:
+        raise TraceError(f"top_n must exceed top_k = {k} (the chosen experts plus at least "
+                         f"one candidate), got {n}")
+    return None if n >= num_experts else n
+
 
 def _disk_dtype(name: str, arr: np.ndarray, model: ModelFacts) -> np.dtype:
     if name == "topk_ids":
@@ -73,11 +105,30 @@ class TraceWriter:
 
     def __init__(self, path: str | os.PathLike, model: ModelFacts,
                  provenance: dict[str, Any], *, fields: tuple[str, ...] | None = None,
-                 compress: bool = False, replace: bool = False) -> None:
+                 compress: bool = False, replace: bool = False,
+                 format_version: int = FORMAT_VERSION, codec: str | None = None,
+                 top_n: int | str | None = DEFAULT_TOP_N) -> None:
+        """``fields``: the step fields to store (default all). ``format_version`` 2
+        (default) or 1. ``codec``: "zstd" (v2's default), "zlib" or "none"; None means
+        v2's default, or for v1 "zlib" when ``compress`` else "none" (``compress`` is a
+        v1 switch: v2 always compresses unless ``codec="none"``). ``top_n`` (v2): scores
+        kept per token and layer: ``"2k"`` (default), an int N > k, or ``None``/"all"
+        for every expert's."""
         self._path = Path(path)
         self._replace = replace
         _check_target(self._path, replace)
         self._model = model
+        if format_version not in SUPPORTED_VERSIONS:
+            raise TraceError(f"{self._path}: format_version must be one of "
+                             f"{list(SUPPORTED_VERSIONS)}, got {brief(format_version)}")
+        self._version = format_version
+        if codec is None:
+            codec = "zstd" if format_version >= 2 else ("zlib" if compress else "none")
+        allowed = _codec.CODECS if format_version >= 2 else ("none", "zlib")
+        if codec not in allowed:
+            raise TraceError(f"{self._path}: codec must be one of {list(allowed)} for "
+                             f"format v{format_version}, got {brief(codec)}")
+        self._codec = codec
         self._fields = tuple(fields) if fields is not None else FIELD_NAMES
         unknown = set(self._fields) - set(FIELD_NAMES)
         if unknown:
@@ -88,17 +139,23 @@ class TraceWriter:
             raise TraceError(f"{self._path}: required field(s) {missing} not in fields")
         if len(set(self._fields)) != len(self._fields):
             raise TraceError(f"{self._path}: a field is listed twice in {list(self._fields)}")
-        self._compress = compress
+        self._top_n = (resolve_top_n(top_n, model)
+                       if format_version >= 2 and "scores" in self._fields else None)
         self._offsets: list[int] = []
         self._tokens = 0
-        header = {
+        stored = list(self._fields)
+        header: dict[str, Any] = {
             "format": "macssim-trace",
-            "format_version": FORMAT_VERSION,
+            "format_version": format_version,
             "model": model.to_dict(),
             "provenance": provenance,
-            "fields": list(self._fields),
             "modalities": list(MODALITIES),
         }
+        if self._top_n is not None:
+            at = stored.index("scores")
+            stored[at:at + 1] = list(TOPN_FIELDS)
+            header["score_candidates"] = self._top_n - model.top_k
+        header["fields"] = stored
         try:  # plain, finite JSON only: what a reader accepts
             blob = json.dumps(header, sort_keys=True, allow_nan=False).encode()
         except (TypeError, ValueError, RecursionError) as e:
@@ -110,7 +167,7 @@ class TraceWriter:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             _remove_stale_temporaries(self._path)
             self._fh = open(self._tmp, "wb")  # noqa: SIM115
-            self._fh.write(MAGIC + struct.pack("<II", FORMAT_VERSION, len(blob)) + blob)
+            self._fh.write(MAGIC + struct.pack("<II", format_version, len(blob)) + blob)
         except OSError as e:
             self.abort()
             raise TraceError(f"{self._path}: cannot write trace: {e.strerror or e}") from e
@@ -130,29 +187,42 @@ class TraceWriter:
         if step.num_tokens > Limits.MAX_TOKENS_PER_STEP:
             raise TraceError(f"{where}: {step.num_tokens} tokens, at most "
                              f"{Limits.MAX_TOKENS_PER_STEP} in one step")
+        derived: list[str] = []
+        if self._version >= 2:
+            planned, derived = self._encode_v2(step, where)
+        else:
+            if step.score_known is not None:
+                raise TraceError(f"{where}: the step keeps only the top-N router scores; "
+                                 "format v1 stores every expert's: write format v2")
+            planned = []
+            for name, arr in step.arrays().items():
+                data = np.ascontiguousarray(arr, dtype=_disk_dtype(name, arr, self._model))
+                _check_representable(data, name, where)
+                planned.append((name, data, ()))
         arrays, chunks, offset = [], [], 0
-        for name, arr in step.arrays().items():
-            data = np.ascontiguousarray(arr, dtype=_disk_dtype(name, arr, self._model))
-            if data.dtype.kind == "f" and data.size and not np.isfinite(data).all():
-                raise TraceError(f'{where}: "{name}" holds values beyond the range of the '
-                                 f"{data.dtype} it is stored as (a reader would refuse them)")
-            arrays.append({"name": name, "dtype": data.dtype.str, "shape": list(data.shape),
-                           "offset": offset, "nbytes": data.nbytes})
-            chunks.append(memoryview(data.reshape(-1).view(np.uint8)))  # no copy
+        for name, data, filters in planned:
+            raw = _codec.encode_filters(data, filters) if filters else \
+                data.reshape(-1).view(np.uint8)  # no copy
+            entry = {"name": name, "dtype": data.dtype.str, "shape": list(data.shape),
+                     "offset": offset, "nbytes": data.nbytes}
+            if self._version >= 2:
+                entry["filters"] = list(filters)
+            arrays.append(entry)
+            chunks.append(memoryview(raw))
             offset += data.nbytes
         if offset > Limits.MAX_STEP_PAYLOAD_BYTES:
             raise TraceError(f"{where}: the step's arrays take {offset} bytes, at most "
                              f"{Limits.MAX_STEP_PAYLOAD_BYTES} in one step; split it")
-        if self._compress:
-            packer = zlib.compressobj(1)
-            chunks = [b"".join([packer.compress(c) for c in chunks] + [packer.flush()])]
+        chunks = _codec.compress(chunks, self._codec)
         stored_bytes, crc = 0, 0
         for chunk in chunks:
             crc = zlib.crc32(chunk, crc)
             stored_bytes += len(chunk)
         meta = {"step": len(self._offsets), "kind": step.kind, "num_tokens": step.num_tokens,
                 "arrays": arrays, "payload_bytes": offset, "stored_bytes": stored_bytes,
-                "compression": "zlib" if self._compress else "none", "crc32": crc}
+                "compression": self._codec, "crc32": crc}
+        if self._version >= 2:
+            meta["derived"] = derived
         blob = json.dumps(meta, sort_keys=True).encode()
         try:
             at = self._fh.tell()
@@ -163,6 +233,57 @@ class TraceWriter:
             raise TraceError(f"{where}: cannot write trace: {e.strerror or e}") from e
         self._offsets.append(at)
         self._tokens += step.num_tokens
+
+    def _encode_v2(self, step: Step, where: str
+                   ) -> tuple[list[tuple[str, np.ndarray, tuple[str, ...]]], list[str]]:
+        """The arrays a v2 step stores, each with its disk dtype and filters, and the
+        fields it leaves for the reader to derive."""
+        model = self._model
+        id_dtype = np.dtype("|u1") if model.num_experts <= 256 else _disk_dtype(
+            "topk_ids", step.topk_ids, model)
+        shuffle: tuple[str, ...] = ("shuffle",)
+        scores_f = ("delta", "shuffle")
+        ids = np.ascontiguousarray(step.topk_ids, dtype=id_dtype)
+        out: list[tuple[str, np.ndarray, tuple[str, ...]]] = []
+        derived: list[str] = []
+        rid = np.asarray(step.request_id)
+        rid_dtype = np.dtype("<i4") if (not rid.size or (
+            int(rid.min()) >= np.iinfo(np.int32).min
+            and int(rid.max()) <= np.iinfo(np.int32).max)) else np.dtype("<i8")
+        out.append(("modality", np.ascontiguousarray(step.modality, dtype="|u1"), ()))
+        out.append(("request_id", np.ascontiguousarray(rid, dtype=rid_dtype), shuffle))
+        out.append(("position", np.ascontiguousarray(step.position, dtype="<i4"), shuffle))
+        out.append(("topk_ids", ids, shuffle))
+        topk_src = None
+        if step.scores is not None:
+            s16 = np.ascontiguousarray(step.scores, dtype="<f2")
+            _check_representable(s16, "scores", where)
+            topk_src = np.take_along_axis(s16, step.topk_ids, axis=2)
+            if self._top_n is None:
+                if step.score_known is not None:
+                    raise TraceError(f"{where}: the step keeps only the top-N router scores; "
+                                     "it cannot be written with every expert's (top_n=None)")
+                out.append(("scores", s16, shuffle))
+            else:
+                m = self._top_n - model.top_k
+                cand = _codec.choose_candidates(s16, step.topk_ids, step.score_known, m, where)
+                out.append(("topk_scores", np.ascontiguousarray(topk_src), scores_f))
+                out.append(("cand_ids", np.ascontiguousarray(cand, dtype=id_dtype), shuffle))
+                out.append(("cand_scores", np.ascontiguousarray(
+                    np.take_along_axis(s16, cand, axis=2)), scores_f))
+        if step.topk_weights is not None:
+            w = np.ascontiguousarray(step.topk_weights, dtype="<f4")
+            _check_representable(w, "topk_weights", where)
+            if topk_src is not None and np.array_equal(
+                    _codec.derive_weights(topk_src).view(np.uint32), w.view(np.uint32)):
+                derived.append("topk_weights")
+            else:
+                out.append(("topk_weights", w, shuffle))
+        if step.entropy is not None:
+            e = np.ascontiguousarray(step.entropy, dtype="<f4")
+            _check_representable(e, "entropy", where)
+            out.append(("entropy", e, shuffle))
+        return out, derived
 
     def close(self) -> Path:
         """Write the index, flush to disk and move the file to its final name."""
@@ -207,6 +328,12 @@ class TraceWriter:
             self.close()
         else:
             self.abort()
+
+
+def _check_representable(data: np.ndarray, name: str, where: str) -> None:
+    if data.dtype.kind == "f" and data.size and not np.isfinite(data).all():
+        raise TraceError(f'{where}: "{name}" holds values beyond the range of the '
+                         f"{data.dtype} it is stored as (a reader would refuse them)")
 
 
 def check_trace_target(path: str | os.PathLike, *, replace: bool = False) -> None:
@@ -303,14 +430,16 @@ class Trace:
         head = fh.read(_HEAD)
         if head[:8] != MAGIC[:len(head)]:
             raise TraceError(f"{self.path}: not a macssim trace (bad magic bytes; expected a "
-                             "file written by macssim format v1, see docs/trace-format.md)")
+                             "file written by macssim format v1 or v2, see "
+                             "docs/trace-format.md)")
         if len(head) < _HEAD:
             raise TraceError(f"{self.path}: truncated file: cut inside the first {_HEAD} "
                              "bytes (magic, version, header length)")
         version, hlen = struct.unpack("<II", head[8:16])
-        if version != FORMAT_VERSION:
+        if version not in SUPPORTED_VERSIONS:
             raise TraceError(f"{self.path}: format_version {version} is not supported; this "
-                             f"macssim reads version {FORMAT_VERSION}")
+                             f"macssim reads versions {list(SUPPORTED_VERSIONS)}")
+        self.version: int = version
         room = self._size - _HEAD - _TAIL
         if hlen > room:
             raise TraceError(f"{self.path}: truncated file or corrupt header length: the "
@@ -331,23 +460,47 @@ class Trace:
                 raise TraceError(f'{where}: missing field "{key}"')
         check_choice(header["format"], where, "format", ("macssim-trace",), error=TraceError)
         fv = header["format_version"]
-        if isinstance(fv, bool) or not isinstance(fv, int) or fv != FORMAT_VERSION:
+        if isinstance(fv, bool) or not isinstance(fv, int) or fv != version:
             raise TraceError(f'{where}: "format_version" is {brief(fv)}, expected '
-                             f"{FORMAT_VERSION}")
+                             f"{version} (the binary version field)")
         self.model = ModelFacts.from_dict(header["model"], where=f"{where}.model")
+        table = FIELDS_V2 if version >= 2 else FIELDS
+        self._table = table
         fields = header["fields"]
-        if (not isinstance(fields, list) or len(fields) > len(FIELD_NAMES)
-                or not all(isinstance(f, str) and f in FIELDS for f in fields)
+        if (not isinstance(fields, list) or len(fields) > len(table)
+                or not all(isinstance(f, str) and f in table for f in fields)
                 or len(set(fields)) != len(fields)):
             raise TraceError(f'{where}: "fields" must be a list of distinct names drawn from '
-                             f"{list(FIELD_NAMES)}, got {brief(fields)}")
-        missing = [n for n, spec in FIELDS.items() if spec[3] and n not in fields]
+                             f"{list(table)}, got {brief(fields)}")
+        missing = [n for n, spec in table.items() if spec[3] and n not in fields]
         if missing:
             raise TraceError(f'{where}: "fields" lacks required {missing}')
         if "modalities" in header and header["modalities"] != list(MODALITIES):
-            raise TraceError(f'{where}: "modalities" must be {list(MODALITIES)} (format v1), '
-                             f"got {brief(header['modalities'])}")
-        self.fields: tuple[str, ...] = tuple(fields)
+            raise TraceError(f'{where}: "modalities" must be {list(MODALITIES)} (format '
+                             f"v{version}), got {brief(header['modalities'])}")
+        topn = [f for f in TOPN_FIELDS if f in fields]
+        self._candidates = 0
+        if topn:
+            if len(topn) != len(TOPN_FIELDS) or "scores" in fields:
+                raise TraceError(f'{where}: "fields" must hold all of {list(TOPN_FIELDS)} (top-N '
+                                 f'scores) or none, and never with "scores", got {fields}')
+            if "score_candidates" not in header:
+                raise TraceError(f'{where}: missing field "score_candidates" (top-N scores)')
+            self._candidates = check_int(
+                header["score_candidates"], where, "score_candidates", low=1,
+                high=self.model.num_experts - self.model.top_k, error=TraceError)
+        elif "score_candidates" in header:
+            raise TraceError(f'{where}: "score_candidates" without the top-N score fields '
+                             f"{list(TOPN_FIELDS)}")
+        self.stored_fields: tuple[str, ...] = tuple(fields)
+        """The fields as the file stores them (v2: top-N scores as topk_scores, cand_ids,
+        cand_scores)."""
+        self.fields: tuple[str, ...] = tuple(
+            "scores" if f == TOPN_FIELDS[0] else f for f in fields if f not in TOPN_FIELDS[1:])
+        """The step fields a reader gets (``scores`` whether all or the top-N are kept)."""
+        self.scores_top_n: int | None = (self.model.top_k + self._candidates
+                                         if self._candidates else None)
+        """N scores kept per token and layer, or None (all of them, or no scores)."""
         self.provenance: dict[str, Any] = dict(
             mapping(header["provenance"], where, "provenance", error=TraceError))
         self._data_start = _HEAD + hlen
@@ -412,7 +565,15 @@ class Trace:
         return self.num_steps
 
     def has(self, field_name: str) -> bool:
+        """Whether steps carry ``field_name``; ``has("scores")`` is True for top-N scores
+        too: ask ``scores_complete`` whether every expert's score is there."""
         return field_name in self.fields
+
+    @property
+    def scores_complete(self) -> bool:
+        """True when the steps hold every expert's router score; False when they hold none
+        or only the top-N (``scores_top_n``), each step's ``score_known`` saying which."""
+        return "scores" in self.stored_fields
 
     def __iter__(self) -> Iterator[Step]:
         """Every step in order; after the last, the index's token total is checked against
@@ -472,7 +633,7 @@ class Trace:
                              f"record's end at byte {end} (at most {end - at - 8})")
         meta = mapping(load_json(fh.read(mlen), where, what="step metadata",
                                  error=TraceError), where, "step metadata", error=TraceError)
-        for key in _META_KEYS:
+        for key in _META_KEYS + (("derived",) if self.version >= 2 else ()):
             if key not in meta:
                 raise TraceError(f'{where}: step metadata: missing field "{key}"')
         number = check_int(meta["step"], where, "step", low=0, error=TraceError)
@@ -483,7 +644,8 @@ class Trace:
         num_tokens = check_int(meta["num_tokens"], where, "num_tokens", low=0,
                                high=Limits.MAX_TOKENS_PER_STEP, error=TraceError)
         compression = check_choice(meta["compression"], where, "compression",
-                                   ("none", "zlib"), error=TraceError)
+                                   _codec.CODECS if self.version >= 2 else ("none", "zlib"),
+                                   error=TraceError)
         room = end - at - 8 - mlen
         stored_bytes = check_int(meta["stored_bytes"], where, "stored_bytes", low=0,
                                  error=TraceError)
@@ -505,60 +667,163 @@ class Trace:
         if compression == "none" and payload_bytes != stored_bytes:
             raise TraceError(f'{where}: "payload_bytes" is {payload_bytes}, but an '
                              f'uncompressed payload stores {stored_bytes} ("stored_bytes")')
-        if compression == "zlib" and payload_bytes > _ZLIB_MAX_RATIO * stored_bytes + 64:
-            raise TraceError(f'{where}: "payload_bytes" is {payload_bytes}: more than zlib can '
-                             f"inflate from {stored_bytes} stored bytes")
+        derived = self._check_derived(meta.get("derived", []), where)
         specs = self._check_specs(meta["arrays"], payload_bytes, where)
         stored = fh.read(stored_bytes)
         if len(stored) < stored_bytes:
             raise TraceError(f"{where}: truncated file: payload cut short")
         if zlib.crc32(stored) != crc:
             raise TraceError(f"{where}: checksum mismatch (crc32): the bytes are corrupt")
-        payload = _inflate(stored, payload_bytes, where) if compression == "zlib" else stored
+        payload = _codec.decompress(stored, compression, payload_bytes, where)
         del stored
-        values = {spec[0]: _decode_array(payload, spec) for spec in specs}
-        for name in FIELD_NAMES:
-            if FIELDS[name][3] and name not in values:
+        values = {spec[0]: _decode_array(payload, spec, self._table) for spec in specs}
+        half = any(sp[0] in ("topk_scores", "scores") and sp[1].str == "<f2" for sp in specs)
+        del payload
+        for name in self.stored_fields:
+            if name not in values and name not in derived:
                 raise TraceError(f'{where}: field "{name}" is missing')
         if values["modality"].shape[0] != num_tokens:
             raise TraceError(f'{where}: "num_tokens" is {num_tokens}, but "modality" holds '
                              f"{values['modality'].shape[0]} tokens")
+        if self.version >= 2:
+            values = self._assemble_v2(values, derived, num_tokens, where, half)
         step = Step(index=i, kind=kind, **values)
-        check_step(step, self.model, self.fields, where)
+        # v2 top-N scores were checked as stored (finite, >= 0) before being spread out
+        # (and topk_ids: in range by _check_ids, without repeats by the slot count)
+        check_step(step, self.model, self.fields, where,
+                   checked=("scores", "topk_ids") if step.score_known is not None else ())
         return step
 
+    def _check_derived(self, derived: Any, where: str) -> tuple[str, ...]:
+        if (not isinstance(derived, list) or len(derived) > 1
+                or any(d != "topk_weights" for d in derived)):
+            raise TraceError(f'{where}: "derived" must be [] or ["topk_weights"], got '
+                             f"{brief(derived)}")
+        if derived and ("topk_weights" not in self.fields or "scores" not in self.fields):
+            raise TraceError(f'{where}: "derived" names "topk_weights", which needs the field '
+                             'listed in the header and scores to derive it from')
+        return tuple(derived)
+
+    def _assemble_v2(self, values: dict[str, np.ndarray], derived: tuple[str, ...],
+                     num_tokens: int, where: str, half: bool) -> dict[str, Any]:
+        """Stored v2 arrays -> the Step's fields: top-N scores spread over [L, T, E] with
+        the mask of what is known, derived weights recomputed (``half``: the scores were
+        stored as float16)."""
+        model = self.model
+        dims = {"L": model.num_moe_layers, "T": num_tokens, "k": model.top_k,
+                "E": model.num_experts, "M": self._candidates}
+        for name, arr in values.items():
+            want = tuple(dims[d] for d in self._table[name][2])
+            if arr.shape != want:
+                raise TraceError(f'{where}: "{name}" has shape {list(arr.shape)}, expected '
+                                 f"[{', '.join(self._table[name][2])}] = {list(want)}")
+        ids = values["topk_ids"]
+        if "scores" in values:
+            _check_nonneg_finite(values["scores"], "scores", where)
+        if "topk_weights" in derived and "topk_weights" in values:
+            raise TraceError(f'{where}: "topk_weights" is both stored and "derived"')
+        out = {n: v for n, v in values.items() if n not in TOPN_FIELDS}
+        if "topk_scores" not in values:
+            _check_ids(ids, model.num_experts, "topk_ids", where)
+        else:
+            top, cand, cand_s = values["topk_scores"], values["cand_ids"], values["cand_scores"]
+            dims = (model.num_moe_layers, num_tokens)
+            # one pass over top-k and candidates together; on a failure, the field at fault
+            both = np.concatenate([ids, cand], axis=2)
+            kept = np.concatenate([top, cand_s], axis=2)
+            if both.size and (int(both.min()) < 0 or int(both.max()) >= model.num_experts):
+                _check_ids(ids, model.num_experts, "topk_ids", where)
+                _check_ids(cand, model.num_experts, "cand_ids", where)
+            if kept.size and not (np.isfinite(kept).all() and kept.min() >= 0):
+                _check_nonneg_finite(top, "topk_scores", where)
+                _check_nonneg_finite(cand_s, "cand_scores", where)
+            rising = (cand_s[..., 1:] > cand_s[..., :-1]).any(axis=2)
+            if rising.any():
+                layer = int(np.argmax(rising.any(axis=1)))
+                raise TraceError(f'{where}, layer {layer}: "cand_scores" must not increase '
+                                 f"along a token's candidates (token "
+                                 f"{int(np.argmax(rising[layer]))})")
+            num_experts = model.num_experts
+            dense = np.zeros(dims + (num_experts,), dtype=np.float32)
+            known = np.zeros(dense.shape, dtype=bool)
+            base = (np.arange(dims[0] * dims[1], dtype=np.int64) * num_experts).reshape(
+                dims + (1,))
+            flat = (base + both).reshape(-1)
+            dense.reshape(-1)[flat] = kept.reshape(-1)
+            known.reshape(-1)[flat] = True
+            # ids are in range, so rows never share a slot: a repeat within a row (topk_ids
+            # are checked alike later) shows as fewer slots set than written.
+            if np.count_nonzero(known) != flat.size:
+                for name, arr in (("topk_ids", ids), ("cand_ids", both)):
+                    srt = np.sort(arr, axis=2)
+                    dup = (srt[..., 1:] == srt[..., :-1]).any(axis=2)
+                    if dup.any():
+                        layer = int(np.argmax(dup.any(axis=1)))
+                        token = int(np.argmax(dup[layer]))
+                        raise TraceError(
+                            f'{where}, layer {layer}: "{name}" names one expert twice (among '
+                            f"{'the top-k' if name == 'topk_ids' else 'top-k and candidates'})"
+                            f" for token {token}: {arr[layer, token].tolist()}")
+            out["scores"] = dense
+            out["score_known"] = known
+            out["score_floor"] = np.ascontiguousarray(cand_s[..., -1])
+        if "topk_weights" in derived:
+            # float16 -> float32 is exact, so deriving from the widened scores is the rule.
+            topk_src = (values["topk_scores"] if "topk_scores" in values
+                        else np.take_along_axis(values["scores"], ids, axis=2))
+            out["topk_weights"] = _codec.derive_weights(
+                topk_src, exact_sum=half)
+        return out
+
     def _max_payload(self, num_tokens: int) -> int:
+        per_token = getattr(self, "_per_token_bytes", None)
+        if per_token is None:
+            per_token = self._per_token_bytes = self._max_payload_of(1)
+        return per_token * num_tokens
+
+    def _max_payload_of(self, num_tokens: int) -> int:
         """Bytes a step of ``num_tokens`` tokens needs at most for the header's fields (each
         in its widest allowed dtype): a payload claiming more is not this trace's."""
         dims = {"L": self.model.num_moe_layers, "T": num_tokens, "k": self.model.top_k,
-                "E": self.model.num_experts}
+                "E": self.model.num_experts, "M": self._candidates}
         total = 0
-        for name in self.fields:
-            allowed, _, template, _ = FIELDS[name]
+        for name in self.stored_fields:
+            allowed, _, template, _ = self._table[name]
             total += math.prod(dims[d] for d in template) * max(
                 np.dtype(d).itemsize for d in allowed)
         return total
 
-    @staticmethod
-    def _check_specs(specs: Any, payload_bytes: int, where: str) -> list[_Spec]:
+    def _check_specs(self, specs: Any, payload_bytes: int, where: str) -> list[_Spec]:
         """The ``arrays`` entries of a step's metadata, each checked to describe an array
-        inside the payload: (name, dtype, shape, offset)."""
-        if not isinstance(specs, list) or len(specs) > len(FIELD_NAMES):
+        inside the payload: (name, dtype, shape, offset, filters)."""
+        v2 = self.version >= 2
+        known = self.stored_fields if v2 else FIELD_NAMES
+        if not isinstance(specs, list) or len(specs) > len(known):
             raise TraceError(f'{where}: "arrays" must be a list of at most '
-                             f"{len(FIELD_NAMES)} array descriptions, got {brief(specs)}")
+                             f"{len(known)} array descriptions, got {brief(specs)}")
         out: list[_Spec] = []
         for j, spec in enumerate(specs):
             mapping(spec, where, f"arrays[{j}]", error=TraceError)
             name = spec.get("name")
-            if not isinstance(name, str) or name not in FIELDS:
+            if not isinstance(name, str) or name not in known:
                 raise TraceError(f'{where}: unknown field {brief(name)} in "arrays[{j}].name"; '
-                                 f"known: {list(FIELD_NAMES)}")
+                                 f"known: {list(known)}")
             if any(name == o[0] for o in out):
                 raise TraceError(f'{where}: field "{name}" appears twice in "arrays"')
-            for key in ("dtype", "shape", "offset", "nbytes"):
+            for key in ("dtype", "shape", "offset", "nbytes") + (("filters",) if v2 else ()):
                 if key not in spec:
                     raise TraceError(f'{where}: "arrays.{name}" lacks "{key}"')
-            allowed, _, template, _ = FIELDS[name]
+            filters: tuple[str, ...] = ()
+            if v2:
+                f = spec["filters"]
+                if (not isinstance(f, list) or any(x not in _codec.FILTERS for x in f)
+                        or len(set(f)) != len(f)
+                        or f != [x for x in _codec.FILTERS if x in f]):
+                    raise TraceError(f'{where}: "arrays.{name}.filters" must list distinct '
+                                     f"filters from {list(_codec.FILTERS)} in that order, got "
+                                     f"{brief(f)}")
+                filters = tuple(f)
+            allowed, _, template, _ = self._table[name]
             if not isinstance(spec["dtype"], str) or spec["dtype"] not in allowed:
                 raise TraceError(f'{where}: "{name}" has dtype {brief(spec["dtype"])}, expected '
                                  f"one of {list(allowed)}")
@@ -579,11 +844,11 @@ class Trace:
                 raise TraceError(f'{where}: "{name}" declares {nbytes} bytes at offset {offset}, '
                                  f"which does not fit shape {list(dims)} of {dtype.str} in the "
                                  f"{payload_bytes}-byte payload")
-            out.append((name, dtype, dims, offset))
+            out.append((name, dtype, dims, offset, filters))
         return out
 
 
-_Spec = tuple[str, np.dtype, tuple[int, ...], int]
+_Spec = tuple[str, np.dtype, tuple[int, ...], int, tuple[str, ...]]
 _HEAD = 16
 """Magic, version, header length."""
 _TAIL = 16
@@ -595,44 +860,38 @@ _MAX_DIM = max(Limits.MAX_LAYERS, Limits.MAX_TOKENS_PER_STEP, Limits.MAX_TOP_K,
                Limits.MAX_EXPERTS)
 """Largest size of one axis of a step array (an empty array may have a large axis; its
 bytes are still checked against the payload)."""
-_ZLIB_MAX_RATIO = 1032
-"""Deflate's largest expansion: one 258-byte match per ~2 bits, so no honest zlib stream
-of n bytes inflates beyond ~1032·n."""
-
-
-def _inflate(stored: bytes, payload_bytes: int, where: str) -> bytes:
-    """Inflate a zlib payload, never producing more than ``payload_bytes + 1`` bytes: a
-    stream that would give more (a zlib bomb) is refused without being inflated."""
-    inflater = zlib.decompressobj()
-    try:
-        payload = inflater.decompress(stored, payload_bytes + 1)
-    except zlib.error as e:
-        raise TraceError(f"{where}: compressed payload is not a valid zlib stream ({e})") from e
-    if len(payload) > payload_bytes:
-        raise TraceError(f'{where}: compressed payload inflates to more than the '
-                         f'{payload_bytes} bytes "payload_bytes" declares (a zlib bomb?)')
-    if not inflater.eof:
-        raise TraceError(f'{where}: compressed payload ends early: {len(payload)} bytes, '
-                         f'"payload_bytes" says {payload_bytes}')
-    if inflater.unused_data:
-        raise TraceError(f"{where}: {len(inflater.unused_data)} stray bytes after the "
-                         "compressed payload")
-    if len(payload) != payload_bytes:
-        raise TraceError(f"{where}: payload is {len(payload)} bytes, header says "
-                         f"{payload_bytes}")
-    return payload
-
-
-def _decode_array(payload: bytes, spec: _Spec) -> np.ndarray:
-    name, dtype, shape, offset = spec
-    out_dtype = FIELDS[name][1]
+def _decode_array(payload: bytes, spec: _Spec, table) -> np.ndarray:
+    name, dtype, shape, offset, filters = spec
+    out_dtype = table[name][1]
     count = math.prod(shape)
     if count == 0:
         return np.zeros(shape, dtype=out_dtype)
-    arr = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
-    return arr.astype(out_dtype)
+    arr = _codec.decode_filters(payload, offset, dtype, shape, filters)
+    return arr.astype(out_dtype, copy=not arr.flags.writeable)
+
+
+def _check_nonneg_finite(arr: np.ndarray, name: str, where: str) -> None:
+    if not arr.size:
+        return
+    bad = ~np.isfinite(arr) | (arr < 0)
+    if bad.any():
+        layer = int(np.argmax(bad.reshape(bad.shape[0], -1).any(axis=1)))
+        raise TraceError(f'{where}, layer {layer}: "{name}" holds NaN, inf or a negative '
+                         "value, expected finite scores >= 0")
+
+
+def _check_ids(ids: np.ndarray, num_experts: int, name: str, where: str) -> None:
+    if not ids.size:
+        return
+    bad = (ids < 0) | (ids >= num_experts)
+    if bad.any():
+        layer = int(np.argmax(bad.reshape(bad.shape[0], -1).any(axis=1)))
+        raise TraceError(f'{where}, layer {layer}: "{name}" holds expert '
+                         f"{int(ids[layer][bad[layer]][0])}, expected 0 <= id < E = "
+                         f"{num_experts}")
 
 
 def open_trace(path: str | os.PathLike) -> Trace:
-    """Open a trace for step-by-step reading; raises TraceError if it is not valid v1."""
+    """Open a trace (v1 or v2) for step-by-step reading; raises TraceError if it is not
+    valid."""
     return Trace(path)

@@ -1,5 +1,6 @@
-"""Fuzzing the trace reader: a file from a stranger either reads or fails with one
-``TraceError`` naming the file (and the step at fault), in bounded time and memory.
+"""Fuzzing the trace reader on format v1 (v2: test_fuzz_trace_v2.py): a file from a
+stranger either reads or fails with one ``TraceError`` naming the file (and the step at
+fault), in bounded time and memory.
 
 The corpus is two small valid traces (plain and zlib-compressed) written by
 ``write_trace``; each case mutates one of them: truncation at every byte, a bit flip at
@@ -102,11 +103,12 @@ def parse(data: bytes) -> Parsed:
     return Parsed(header, metas, stored, index, regions)
 
 
-def assemble(header: Any, metas: list[Any], stored: list[bytes], index: Any = None) -> bytes:
+def assemble(header: Any, metas: list[Any], stored: list[bytes], index: Any = None,
+             version: int = 1) -> bytes:
     """Bytes of a trace with these parts; lengths, offsets and the index (unless given)
     are recomputed, so whatever is wrong is only what the caller edited."""
     blob = json.dumps(header).encode()
-    out = bytearray(b"MACSTRC\0" + struct.pack("<II", 1, len(blob)) + blob)
+    out = bytearray(b"MACSTRC\0" + struct.pack("<II", version, len(blob)) + blob)
     offsets = []
     for meta, payload in zip(metas, stored, strict=True):
         offsets.append(len(out))
@@ -156,9 +158,10 @@ def check(path: Path, data: bytes, name: str, *, step: int | None = None,
 def corpus(tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("fuzz-trace")
     steps = _steps()
-    plain = write_trace(root / "plain.mtrace", MODEL, {"source": "fuzz"}, steps).read_bytes()
+    plain = write_trace(root / "plain.mtrace", MODEL, {"source": "fuzz"}, steps,
+                        format_version=1).read_bytes()
     packed = write_trace(root / "zlib.mtrace", MODEL, {"source": "fuzz"}, steps,
-                         compress=True).read_bytes()
+                         compress=True, format_version=1).read_bytes()
     assert _read_all(root / "plain.mtrace") == _read_all(root / "zlib.mtrace") == 3
     # The test-side assembler reproduces the writer's files, so edits differ only in the edit.
     for data in (plain, packed):

@@ -1,8 +1,10 @@
 """Trace format v1: round trips, the spec is enough to write one, every broken input is
-named, writes are atomic, reads stream."""
+named, writes are atomic, reads stream. (Writers default to v2, so every writer here asks
+for v1; v2 has its own tests in test_format_v2.py.)"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tracemalloc
 import zlib
@@ -15,12 +17,15 @@ from macssim import TraceError
 from macssim.trace import (
     ModelFacts,
     Step,
-    TraceWriter,
     open_trace,
-    write_trace,
 )
+from macssim.trace import TraceWriter as _TraceWriter
+from macssim.trace import write_trace as _write_trace
 
 from . import _spec_writer as spec
+
+TraceWriter = functools.partial(_TraceWriter, format_version=1)
+write_trace = functools.partial(_write_trace, format_version=1)
 
 GOLDEN = Path(__file__).with_name("golden_v1.mtrace")
 
@@ -131,8 +136,8 @@ def test_optional_fields_may_be_left_out(tmp_path):
 
 
 def test_wrong_version(tmp_path):
-    path = _write_raw(tmp_path, spec.encode_trace([], version=2))
-    with pytest.raises(TraceError, match="format_version 2 is not supported"):
+    path = _write_raw(tmp_path, spec.encode_trace([], version=3))
+    with pytest.raises(TraceError, match="format_version 3 is not supported"):
         open_trace(path)
 
 
