@@ -319,3 +319,29 @@ def test_fp8_experts_replay_is_faster_and_recorded(result, small_trace, tmp_path
     bad = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--precision",
                                     "fp4", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2 and "--precision" in bad.output
+
+
+def test_a_top_n_trace_reports_the_local_experts_it_could_not_rank(small_trace, result,
+                                                                    tmp_path):
+    """The fixture is written in format v2 with its default top-2k scores: expanded-drop
+    and macs cannot rank a token's unscored local experts, and the replay says how often,
+    in the result and run.json, never silently."""
+    from macssim.cluster import RequestAssigner
+    from macssim.trace import open_trace, unscored_experts_per_gpu
+
+    trace = open_trace(small_trace)
+    assert not trace.scores_complete
+    gaps = result.score_gaps
+    assert gaps["policies"] == ["macs", "expanded-drop"]
+    expert_gpu = np.arange(trace.model.num_experts) * 8 // trace.model.num_experts
+    want = of = 0
+    assigner = RequestAssigner(8)
+    for step in trace:
+        g = unscored_experts_per_gpu(step, expert_gpu)
+        at = g[:, np.arange(step.num_tokens), assigner.assign(step.request_id)]
+        want += int(np.count_nonzero(at))
+        of += at.size
+    assert (gaps["token_layers"], gaps["of"]) == (want, of) and 0 < want < of
+    report = write_report(result, tmp_path / "rep", command_line=["macssim", "replay"])
+    assert json.loads((report.directory / "run.json").read_text())["score_gaps"] == gaps
+    assert replay(config(small_trace, policies=("vanilla",))).score_gaps is None

@@ -190,6 +190,14 @@ def command(trace_path, policies, topology, gamma, params, max_steps, calibratio
             report = writer.finish(result, command_line=["macssim", *sys.argv[1:]])
     if result.costs.get("note"):
         click.echo(result.costs["note"])
+    gaps = result.score_gaps
+    if gaps and gaps["token_layers"]:
+        click.echo(f"scores: the trace keeps each token's top {gaps['scores_kept_per_token']} "
+                   f"router scores; {', '.join(gaps['policies'])}: "
+                   f"{gaps['token_layers'] / gaps['of']:.1%} of token-layers had experts on "
+                   "their GPU without a score, which were no candidates (plans may differ "
+                   "from full scores; a trace with every score, v1 or v2 with top_n all, "
+                   "gives exact plans; docs/trace-format.md)")
     _print_summary(report.summary, result)
     click.echo(f"\nreport: {_shown(report.directory)}  ({', '.join(report.files)})")
     if report.directory != Path(os.path.abspath(out_dir)):

@@ -33,7 +33,7 @@ from macssim.cost import COSTS_CHOICES, PRECISION_PRESETS, check_precision, cost
 from macssim.hardware import ENGINES, Topology, load_topology
 from macssim.placement import contiguous_placement
 from macssim.policies import DropStats, Policy, expert_labels_from_trace, get_policy
-from macssim.trace import MODALITIES, ModelFacts, Step, open_trace
+from macssim.trace import MODALITIES, ModelFacts, Step, open_trace, unscored_experts_per_gpu
 
 __all__ = ["BASELINE_POLICY", "ReplayConfig", "ReplayResult", "replay"]
 
@@ -127,6 +127,11 @@ class ReplayResult:
     costs: dict[str, Any] = field(default_factory=dict)
     """Which cost backend answered, why, and its coverage (what answered each operation:
     a table or the roofline, with the reason), for ``run.json``."""
+    score_gaps: dict[str, Any] | None = None
+    """On a trace that keeps only the top-N router scores (format v2's default), for the
+    policies that rank a token's local experts by score (expanded-drop, macs): how many
+    token-layers had an expert on their GPU without a kept score (read as 0, so no
+    candidate), out of how many. None when every score is there or no such policy ran."""
 
 
 def _check_config(config: ReplayConfig) -> None:
@@ -253,6 +258,11 @@ def replay(config: ReplayConfig,
                               f"does not match the replayed trace's ({model.name})")
         labels = expert_labels_from_trace(calib)
     placement_t = torch.from_numpy(placement.expert_to_gpu).to(device)
+    ranked_local = [n for n in policies if n in _RANK_LOCAL_SCORES]
+    score_gaps = ({"policies": ranked_local, "token_layers": 0, "of": 0,
+                   "scores_kept_per_token": trace.scores_top_n}
+                  if ranked_local and trace.has("scores") and not trace.scores_complete
+                  else None)
     num_steps = trace.num_steps if config.max_steps is None else min(config.max_steps,
                                                                       trace.num_steps)
     total = num_steps * len(policies)
@@ -298,6 +308,12 @@ def replay(config: ReplayConfig,
             # Each GPU's own tokens, as the policies' rank scope and "local" mean them: with
             # tensor-parallel attention, the group's tokens each GPU dispatches.
             policy_gpu = sequence_parallel_split(token_gpu, config.attention_tp)
+            if score_gaps is not None:
+                gaps = unscored_experts_per_gpu(step, placement.expert_to_gpu)
+                if gaps is not None:
+                    at = gaps[:, np.arange(step.num_tokens), policy_gpu]
+                    score_gaps["token_layers"] += int(np.count_nonzero(at))
+                    score_gaps["of"] += int(at.size)
             for name, policy in policies.items():
                 routings, per_layer_drops = [], []
                 for plan in _plans_for_step(step, model, policy, placement_t, labels, device,
@@ -335,12 +351,16 @@ def replay(config: ReplayConfig,
         steps=pd.DataFrame(step_rows),
         phases=pd.concat(phase_frames, ignore_index=True) if phase_frames else None,
         gpu_load=gpu_load,
-        drops=drops, timelines=chrome, versions=_versions(),
+        drops=drops, timelines=chrome, versions=_versions(), score_gaps=score_gaps,
         costs={**costs_record, **coverage},
         policy_params={name: dict(p.params) for name, p in policies.items()})
 
 
 _DROP_FIELDS = tuple(f.name for f in dataclasses.fields(DropStats))
+
+_RANK_LOCAL_SCORES = ("expanded-drop", "macs")
+"""Policies whose candidates include every expert on the token's GPU, ranked by score:
+on a top-N trace they cannot rank the unscored ones (``ReplayResult.score_gaps``)."""
 
 
 def _tally(tally, key: tuple[str, str], drops) -> None:

@@ -114,6 +114,7 @@ class ReportWriter:
             "policy_params": result.policy_params,
             "versions": result.versions,
             "costs": result.costs,
+            "score_gaps": result.score_gaps,
         }
         (tmp / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         files = tuple(sorted(p.name for p in tmp.iterdir()))
