@@ -145,10 +145,19 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
 @click.option("--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Worker processes simulating (policy, step) pairs side by side; the "
               "results are the same for any value.")
+@click.option("--placement", type=click.Choice(["contiguous", "eplb"]), default="contiguous",
+              show_default=True, help="Expert placement: contiguous (GPU g holds experts "
+              "[g·E/G, (g+1)·E/G)) or eplb (DeepSeek's expert-parallel load balancer on the "
+              "replayed steps' expert loads: the hottest experts replicated into "
+              "--redundant-experts slots, slots packed to even out GPU loads; one placement "
+              "per MoE layer). Any policy runs on it; docs/policies.md.")
+@click.option("--redundant-experts", type=click.IntRange(0, 1 << 16), default=0,
+              show_default=True, help="Extra expert slots for eplb's replicas (experts + N "
+              "must be a multiple of the GPUs, e.g. 8 or 16 for 128 experts on 8 GPUs).")
 @click.option("--list", "list_only", is_flag=True, help="List policies and topology presets.")
 def command(trace_path, policies, topology, gamma, params, max_steps, calibration_trace,
             out_dir, force, seed, device, network_rtol, alltoall, precision, attention_tp, costs,
-            tables_dir, jobs, list_only) -> None:
+            tables_dir, jobs, placement, redundant_experts, list_only) -> None:
     """Replay a routing trace through a simulated expert-parallel cluster under each
     policy and measure the straggler delay each leaves.
 
@@ -181,7 +190,8 @@ def command(trace_path, policies, topology, gamma, params, max_steps, calibratio
                           max_steps=max_steps, calibration_trace=calibration_trace, seed=seed,
                           device=device, network_rtol=network_rtol, alltoall=alltoall,
                           precision=precision, attention_tp=attention_tp, costs=costs,
-                          tables=tables_dir, jobs=jobs)
+                          tables=tables_dir, placement=placement,
+                          redundant_experts=redundant_experts, jobs=jobs)
     out_dir = out_dir or _default_out(trace_path, topology, gamma)
     with library_errors():
         with ReportWriter(out_dir, force=force) as writer:
@@ -210,11 +220,26 @@ def _shown(path: Path) -> str:
     return path.as_posix() if relative.startswith("..") else relative
 
 
+def _placement_text(result) -> str:
+    """The placement in one line: kind, redundant slots, what layer 0 replicated."""
+    cfg = result.config
+    if cfg.placement == "contiguous" or not result.placements:
+        return cfg.placement
+    import numpy as np
+
+    replicas = np.bincount(result.placements[0].slot_expert)
+    hot = np.flatnonzero(replicas > 1)
+    shown = ", ".join(f"{e}×{replicas[e]}" for e in hot[:6]) + (" …" if hot.size > 6 else "")
+    return (f"{cfg.placement}, {cfg.redundant_experts} redundant slots, one placement per "
+            f"layer from the replayed steps' loads (layer 0 replicates: {shown or 'none'})")
+
+
 def _print_summary(summary, result) -> None:
     m = result.model
     click.echo(f"{m.name} on {result.topology.name}: {result.steps.step.nunique()} steps, "
                f"{m.num_moe_layers} MoE layers, E={m.num_experts}, k={m.top_k}, "
                f"γ={result.config.capacity_factor:g}")
+    click.echo(f"placement: {_placement_text(result)}")
     if "macs" in result.policies:
         calib = result.config.calibration_trace
         click.echo("MACS expert labels calibrated on " + (
@@ -225,11 +250,12 @@ def _print_summary(summary, result) -> None:
     rows = []
     for _, r in by_kind.iterrows():
         ratio = r.get("moe_latency_mean_s_vs_token_drop", float("nan"))
-        rows.append([r.policy, r.kind, r.steps, r.moe_latency_mean_s * 1e6,
+        rows.append([r.policy, result.config.placement, r.kind, r.steps,
+                     r.moe_latency_mean_s * 1e6,
                      r.moe_latency_p99_s * 1e6, r.straggler_delay_mean_s * 1e6,
                      r.straggler_share, r.imbalance_mean, r.step_latency_mean_s * 1e3,
                      r.tokens_per_s, r.moe_share, ratio])
-    echo_table(["policy", "kind", "steps", "MoE lat mean µs", "p99 µs", "straggler µs",
+    echo_table(["policy", "placement", "kind", "steps", "MoE lat mean µs", "p99 µs", "straggler µs",
                 "strag share", "imbalance", "step ms", "tokens/s", "MoE share",
                 "MoE lat vs TD"], rows)
     click.echo("")

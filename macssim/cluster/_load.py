@@ -8,7 +8,7 @@ each GPU to each other GPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,11 +31,16 @@ class LayerRouting:
             dispatch, or None: what a policy with one capacity over the whole step
             (``scope=global``) needs exchanged to apply it (``DispatchPlan.exchange_bytes``);
             the step runs it as phase ``exchange``.
+        experts: this layer's own ``ExpertMap`` when the placement differs per layer
+            (EPLB balances each layer on its own loads, as DeepSeek's code does), or
+            None: the step's placement. It must give each GPU as many slots as the
+            step's (``slots_per_gpu``), so that the layers' expert phases line up.
     """
 
     expert_ids: np.ndarray
     kept: np.ndarray
     exchange_bytes: np.ndarray | None = None
+    experts: ExpertMap | None = None
 
     def __post_init__(self) -> None:
         ids, kept = np.asarray(self.expert_ids), np.asarray(self.kept)
@@ -57,9 +62,11 @@ class LayerRouting:
 class ExpertMap:
     """A placement in the form the hot path wants: the physical slots of each expert.
 
-    A kept assignment (token t, expert e) of a replicated expert goes to the slot
-    ``t mod replicas(e)`` among e's slots (in slot order): deterministic and even, as
-    engines spread tokens over an expert's replicas.
+    A kept assignment (token t on GPU g, expert e) of a replicated expert goes to a
+    replica on g when e has one there (no transfer), else to one on g's node (NVLink,
+    not the scale-out network), else to any of e's replicas; within the chosen set the
+    assignments are dealt round-robin in token order, per (set, expert), so the split is
+    even to one token and deterministic (``route``).
     """
 
     num_gpus: int
@@ -77,6 +84,8 @@ class ExpertMap:
     """[S] int64, index of each slot among its GPU's slots (in slot order)."""
     slots_per_gpu: int
     """Most slots any GPU holds: the width of ``LayerLoad.rows_per_slot``."""
+    _pools: dict = field(default_factory=dict, compare=False, repr=False)
+    """gpus_per_node -> the replica pools ``route`` picks from (built on first use)."""
 
     @classmethod
     def from_placement(cls, placement: Placement) -> ExpertMap:
@@ -95,6 +104,66 @@ class ExpertMap:
                    replicas=replicas, slots_by_expert=order.astype(np.int64),
                    replicated=bool(placement.is_replicated), slot_local=local,
                    slots_per_gpu=int(per_gpu.max()) if per_gpu.size else 0)
+
+    def _replica_pools(self, gpus_per_node: int) -> tuple[np.ndarray, ...]:
+        """Slots of each (GPU, expert), (node, expert) and expert as one concatenated
+        list of pools: (pool start [G, E], pool size [G, E], node pool start [N, E],
+        node pool size [N, E], slot list)."""
+        if gpus_per_node in self._pools:
+            return self._pools[gpus_per_node]
+        num_gpus, num_experts = self.num_gpus, self.num_experts
+        num_nodes = -(-num_gpus // gpus_per_node)
+        slot_expert = np.empty(self.slot_gpu.size, dtype=np.int64)
+        slot_expert[self.slots_by_expert] = np.repeat(np.arange(num_experts), self.replicas)
+        slot_node = self.slot_gpu // gpus_per_node
+        lists, out = [], []
+        offset = 0
+        for place, size in ((self.slot_gpu, num_gpus), (slot_node, num_nodes)):
+            key = place * num_experts + slot_expert
+            order = np.argsort(key, kind="stable")
+            n = np.bincount(key, minlength=size * num_experts)
+            start = offset + np.cumsum(n) - n
+            lists.append(order)
+            out += [start.reshape(size, num_experts), n.reshape(size, num_experts)]
+            offset += order.size
+        pools = (*out, np.concatenate(lists).astype(np.int64))
+        self._pools[gpus_per_node] = pools
+        return pools
+
+    def route(self, expert: np.ndarray, src_gpu: np.ndarray,
+              gpus_per_node: int | None = None) -> np.ndarray:
+        """[N] slot of each kept assignment (expert [N], from token GPU [N], in token
+        order): the token's own GPU's replicas of the expert if any, else its node's,
+        else all of the expert's; round-robin within that set per (set, expert)."""
+        if not self.replicated:
+            return self.slots_by_expert[self.first_slot[expert]]
+        gpn = gpus_per_node or self.num_gpus
+        gpu_start, gpu_n, node_start, node_n, slots = self._replica_pools(gpn)
+        node = src_gpu // gpn
+        local_n = gpu_n[src_gpu, expert]
+        near_n = node_n[node, expert]
+        on_gpu, on_node = local_n > 0, (local_n == 0) & (near_n > 0)
+        far = ~(on_gpu | on_node)
+        size = np.where(on_gpu, local_n, np.where(on_node, near_n, self.replicas[expert]))
+        start = np.where(on_gpu, gpu_start[src_gpu, expert],
+                         np.where(on_node, node_start[node, expert], -1))
+        # The far pool is the expert's slots in slot order (slots_by_expert).
+        num_experts = self.num_experts
+        num_nodes = node_n.shape[0]
+        pool = np.where(on_gpu, src_gpu * num_experts + expert,
+                        np.where(on_node, (self.num_gpus + node) * num_experts + expert,
+                                 (self.num_gpus + num_nodes) * num_experts + expert))
+        order = np.argsort(pool, kind="stable")
+        sorted_pool = pool[order]
+        first = np.searchsorted(sorted_pool, sorted_pool, side="left")
+        rank = np.empty_like(pool)
+        rank[order] = np.arange(pool.size) - first
+        pick = rank % size
+        slot = np.empty_like(expert)
+        near = ~far
+        slot[near] = slots[start[near] + pick[near]]
+        slot[far] = self.slots_by_expert[self.first_slot[expert[far]] + pick[far]]
+        return slot
 
 
 @dataclass(frozen=True)
@@ -133,7 +202,17 @@ class LayerLoad:
 def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
                token_bytes: float, where: str, gpus_per_node: int | None = None,
                top_k: int | None = None) -> LayerLoad:
-    """Work and traffic of one layer; ``where`` names the layer in error messages."""
+    """Work and traffic of one layer; ``where`` names the layer in error messages.
+    ``routing.experts``, when set, replaces ``experts`` for this layer."""
+    if routing.experts is not None:
+        own = routing.experts
+        if (own.num_gpus, own.num_experts, own.slots_per_gpu) != (
+                experts.num_gpus, experts.num_experts, experts.slots_per_gpu):
+            raise MacssimError(f"{where}: the layer's placement has {own.num_experts} experts "
+                               f"on {own.num_gpus} GPUs with up to {own.slots_per_gpu} slots "
+                               f"each; the step's has {experts.num_experts} on "
+                               f"{experts.num_gpus} with {experts.slots_per_gpu}")
+        experts = own
     num_tokens = token_gpu.shape[0]
     if routing.expert_ids.shape[0] != num_tokens:
         raise MacssimError(f'{where}: "expert_ids" has {routing.expert_ids.shape[0]} tokens, '
@@ -148,18 +227,14 @@ def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
         bad = int(expert[(expert < 0) | (expert >= experts.num_experts)][0])
         raise MacssimError(f'{where}: "expert_ids" holds expert {bad} in a kept entry; the '
                            f"placement has experts 0..{experts.num_experts - 1}")
-    if experts.replicated:
-        pick = experts.first_slot[expert] + t_idx % experts.replicas[expert]
-        slot = experts.slots_by_expert[pick]
-    else:
-        slot = experts.slots_by_expert[experts.first_slot[expert]]
+    src_gpu = token_gpu[t_idx] if t_idx.size else np.zeros(0, np.int64)
+    slot = experts.route(expert, src_gpu, gpus_per_node)
     gpu = experts.slot_gpu[slot]
     num_gpus = experts.num_gpus
     slot_rows = np.bincount(slot, minlength=experts.slot_gpu.size)
     rows_per_slot = np.zeros((num_gpus, experts.slots_per_gpu), dtype=np.int64)
     rows_per_slot[experts.slot_gpu, experts.slot_local] = slot_rows
     gpn = gpus_per_node or num_gpus
-    src_gpu = token_gpu[t_idx] if t_idx.size else np.zeros(0, np.int64)
     counts = count_tokens(num_tokens, t_idx, src_gpu, gpu, num_gpus, gpn)
     pairs = counts.pair_tokens
     local = np.diagonal(pairs).astype(np.int64)

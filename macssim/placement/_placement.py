@@ -6,7 +6,10 @@ import numpy as np
 
 from macssim._errors import TopologyError
 
-__all__ = ["Placement", "contiguous_placement"]
+__all__ = ["PLACEMENTS", "Placement", "contiguous_placement"]
+
+PLACEMENTS: tuple[str, ...] = ("contiguous", "eplb")
+"""Placement kinds ``macssim replay --placement`` takes."""
 
 
 @dataclass(frozen=True)

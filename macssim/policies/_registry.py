@@ -126,7 +126,9 @@ class Policy:
     topk_ids=..., topk_weights=..., expert_labels=...)`` -> ``DispatchPlan``. The
     capacity policies need ``token_gpu`` ([T], the GPU each token is dispatched from)
     and ``placement`` ([E] expert -> GPU), passed as data so that policies never import
-    the cluster. Tensors may live on CPU
+    the cluster; with a replicated placement (EPLB), ``local_experts`` ([G, M],
+    ``local_expert_table``) names every GPU's experts, replicas included, which is what
+    "local" means to expanded-drop and macs. Tensors may live on CPU
     or CUDA; the plan lives where ``scores`` does. Scores [B, T, E] (with entropy [B, T],
     topk_ids [B, T, k], expert_labels [B, E]) plan B layers of one step in one call, as
     ``macssim replay`` does: the same result as B calls, with far fewer kernel launches.
@@ -152,7 +154,8 @@ class Policy:
                  entropy: torch.Tensor | None = None, topk_ids: torch.Tensor | None = None,
                  topk_weights: torch.Tensor | None = None,
                  expert_labels: torch.Tensor | None = None,
-                 num_experts: int | None = None) -> DispatchPlan:
+                 num_experts: int | None = None,
+                 local_experts: torch.Tensor | None = None) -> DispatchPlan:
         scores_known = scores is not None
         if scores is None:
             scores = self._scores_from_ids(topk_ids, num_experts)
@@ -168,6 +171,7 @@ class Policy:
                 raise PolicyError(f'{self.name}: needs "placement" ([E] expert -> GPU) to '
                                   "reroute on the same GPU")
             kw["placement"] = placement
+            kw["local_experts"] = local_experts
         if self.name == "macs":
             kw["expert_labels"] = expert_labels
             return fn(scores, params=self.params, **kw)

@@ -10,6 +10,12 @@ ranking keys of its candidates, i.e. an extra exchange, which the plan states in
 A capacity *bucket* is what one capacity bounds: expert e of layer b under ``global``;
 expert e as seen from source GPU g of layer b under ``rank``. Bucket ids are
 ``(b·S + s)·E + e`` with S = 1 (``global``) or G (``rank``).
+
+Local experts. "The token's GPU's experts" are every expert with a replica there: with
+a replicated placement (EPLB) an expert may sit on several GPUs, and the cluster sends a
+token to the replica on its own GPU when there is one (``ExpertMap.route``), so such an
+expert costs no transfer from any of those GPUs. ``local_expert_table`` builds that table
+from the placement's slots; without one, the table is each expert's single GPU.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from macssim._errors import PolicyError
 from macssim.policies._capacity import gpu_expert_table
 
 __all__ = ["SCOPES", "Scope", "Sources", "check_scope", "exchange_bytes", "local_candidates",
-           "sources"]
+           "local_expert_table", "local_expert_tables", "sources"]
 
 Scope = Literal["rank", "global"]
 SCOPES: tuple[str, ...] = ("rank", "global")
@@ -48,8 +54,11 @@ class Sources:
     """
 
     def __init__(self, scope: str, token_gpu: torch.Tensor, num_gpus: int, num_layers: int,
-                 num_tokens: int) -> None:
+                 num_tokens: int, local_experts: torch.Tensor | None = None) -> None:
         self.scope = scope
+        self.local_experts = local_experts
+        """[G, M] (or [B, G, M], one per layer) experts with a replica on each GPU (-1
+        padded), or None: each expert's GPU in ``placement`` is its only one."""
         self.num_gpus = num_gpus
         self.num_layers = num_layers
         self.num_sources = num_gpus if scope == "rank" else 1
@@ -67,10 +76,38 @@ class Sources:
         return self.row_source[rows] * num_experts + experts
 
 
+def local_expert_table(slot_expert, slot_gpu, num_gpus: int, width: int = 0) -> torch.Tensor:
+    """[G, M] the distinct experts with a replica on each GPU, ascending, -1 padded (M =
+    most distinct experts on a GPU, at least ``width``), from a placement's slots ([S]
+    expert, [S] GPU)."""
+    slot_expert = torch.as_tensor(slot_expert).long()
+    slot_gpu = torch.as_tensor(slot_gpu).long()
+    num_experts = int(slot_expert.max()) + 1 if slot_expert.numel() else 0
+    key = torch.unique(slot_gpu * num_experts + slot_expert)      # sorted: by GPU, then expert
+    gpu, expert = key // max(num_experts, 1), key % max(num_experts, 1)
+    counts = torch.bincount(gpu, minlength=num_gpus)
+    width = max(int(counts.max()) if counts.numel() else 0, 1, width)
+    col = torch.arange(key.shape[0]) - (torch.cumsum(counts, 0) - counts)[gpu]
+    table = torch.full((num_gpus, width), -1, dtype=torch.long)
+    table[gpu, col] = expert
+    return table
+
+
+def local_expert_tables(placements) -> torch.Tensor:
+    """[B, G, M] ``local_expert_table`` of each layer's placement (each has
+    ``slot_expert``, ``slot_gpu`` and ``num_gpus``), padded to one width."""
+    tables = [local_expert_table(p.slot_expert, p.slot_gpu, p.num_gpus) for p in placements]
+    width = max(t.shape[1] for t in tables)
+    return torch.stack([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=-1)
+                        for t in tables])
+
+
 def sources(scope: str, token_gpu: torch.Tensor | None, placement: torch.Tensor | None,
-            num_layers: int, num_tokens: int, policy: str) -> Sources:
+            num_layers: int, num_tokens: int, policy: str,
+            local_experts: torch.Tensor | None = None) -> Sources:
     """Check ``token_gpu`` ([T] int, the GPU each token is dispatched from) and group
-    the rows by capacity source."""
+    the rows by capacity source. ``local_experts`` ([G, M], ``local_expert_table``) names
+    every GPU's experts when the placement replicates some (None: ``placement``'s)."""
     check_scope(scope, policy)
     if token_gpu is None:
         raise PolicyError(f'{policy}: needs "token_gpu" ([T] = [{num_tokens}], the GPU each '
@@ -84,13 +121,23 @@ def sources(scope: str, token_gpu: torch.Tensor | None, placement: torch.Tensor 
         raise PolicyError(f'{policy}: "token_gpu" must be >= 0, got {int(token_gpu.min())}')
     num_gpus = max(int(token_gpu.max()) + 1 if num_tokens else 1,
                    int(placement.max()) + 1 if placement is not None else 1)
-    return Sources(scope, token_gpu, num_gpus, num_layers, num_tokens)
+    if local_experts is not None:
+        shape = tuple(local_experts.shape)
+        if (len(shape) not in (2, 3) or local_experts.dtype.is_floating_point
+                or shape[-2] < num_gpus or (len(shape) == 3 and shape[0] != num_layers)):
+            raise PolicyError(f'{policy}: "local_experts" must be [G, M] (or [B, G, M] with B = '
+                              f"{num_layers} layers) integers with a row for each of the "
+                              f"{num_gpus} GPUs, got {list(shape)} {local_experts.dtype}")
+        local_experts = local_experts.long().to(token_gpu.device)
+        num_gpus = shape[-2]
+    return Sources(scope, token_gpu, num_gpus, num_layers, num_tokens, local_experts)
 
 
 def local_candidates(ids: torch.Tensor, scores: torch.Tensor, src: Sources,
                      expert_gpu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """CAI-MoE Expanded Drop's candidates: each token's top-k plus every expert on the
-    token's own GPU (experts reached there cost no communication). An added expert must
+    token's own GPU (experts reached there cost no communication; with replicas, every
+    expert with a replica there, ``src.local_experts``). An added expert must
     not be one of the token's top-k (duplicates removed, as the reference does) and must
     have a positive router score (a zero score means the router excludes it, e.g.
     ERNIE-4.5-VL's disjoint text and vision experts).
@@ -101,8 +148,14 @@ def local_candidates(ids: torch.Tensor, scores: torch.Tensor, src: Sources,
         (candidate ids [R, k + M], candidate mask [R, k + M]); columns k.. are the
         token's GPU's experts in ascending id order (-1 where a GPU has fewer than M).
     """
-    table = gpu_expert_table(expert_gpu, src.num_gpus)                    # [G, M]
-    local = table[src.row_gpu]                                              # [R, M]
+    table = (src.local_experts if src.local_experts is not None
+             else gpu_expert_table(expert_gpu, src.num_gpus))               # [(B,) G, M]
+    if table.dim() == 3:   # one table per layer: rows are layer-major, T per layer
+        row_layer = torch.arange(src.row_gpu.shape[0], device=table.device) // max(
+            src.token_gpu.shape[0], 1)
+        local = table[row_layer, src.row_gpu]                               # [R, M]
+    else:
+        local = table[src.row_gpu]                                          # [R, M]
     real = local >= 0
     score = torch.gather(scores, 1, local.clamp(min=0))
     in_topk = (local.unsqueeze(2) == ids.unsqueeze(1)).any(dim=2)

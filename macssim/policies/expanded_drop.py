@@ -23,13 +23,14 @@ def expanded_drop(scores: torch.Tensor, *, top_k: int, placement: torch.Tensor,
                   token_gpu: torch.Tensor | None = None, modality: torch.Tensor | None = None,
                   entropy: torch.Tensor | None = None, topk_ids: torch.Tensor | None = None,
                   topk_weights: torch.Tensor | None = None, scores_known: bool = True,
-                  **_unused) -> DispatchPlan:
+                  local_experts: torch.Tensor | None = None, **_unused) -> DispatchPlan:
     """Expanded Drop on one MoE layer's batch ([T, E]) or B layers at once ([B, T, E]).
 
     Args:
         scores: router probabilities; top_k: k; capacity_factor: γ > 0.
         placement: [E] int64 expert -> GPU; token_gpu: [T] GPU each token is dispatched
             from; scope: ``rank`` or ``global`` (where C applies, and to which T).
+        local_experts: [G, M] every GPU's experts, replicas included (None: placement's).
         modality, entropy: only to report what was dropped.
     """
     if not capacity_factor > 0:
@@ -38,7 +39,8 @@ def expanded_drop(scores: torch.Tensor, *, top_k: int, placement: torch.Tensor,
     b = layer_batch(scores, top_k, modality=modality, entropy=entropy, topk_ids=topk_ids,
                     topk_weights=topk_weights, policy="expanded-drop", scores_known=scores_known)
     check_placement(placement, b.num_experts, "expanded-drop")
-    src = sources(scope, token_gpu, placement, b.num_layers, b.num_tokens, "expanded-drop")
+    src = sources(scope, token_gpu, placement, b.num_layers, b.num_tokens, "expanded-drop",
+                  local_experts)
     cap = bucket_capacity(src, top_k, b.num_experts, capacity_factor)
     cand_ids, cand = local_candidates(b.ids, b.scores, src, placement.long().to(b.ids.device))
     rows, cols = torch.nonzero(cand, as_tuple=True)

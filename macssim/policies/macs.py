@@ -150,14 +150,16 @@ def macs(scores: torch.Tensor, *, top_k: int, placement: torch.Tensor,
          modality: torch.Tensor, entropy: torch.Tensor | None,
          expert_labels: torch.Tensor | None = None, topk_ids: torch.Tensor | None = None,
          topk_weights: torch.Tensor | None = None, token_gpu: torch.Tensor | None = None,
-         params: MacsParams = MacsParams(), scores_known: bool = True) -> DispatchPlan:
+         params: MacsParams = MacsParams(), scores_known: bool = True,
+         local_experts: torch.Tensor | None = None) -> DispatchPlan:
     """MACS on one MoE layer's batch ([T, E]) or B layers at once ([B, T, E]).
 
     Args:
         scores: router probabilities; top_k: k.
         placement: [E] int64 expert -> GPU; token_gpu: [T] GPU each token is dispatched
             from (rerouting stays there; under scope ``rank`` statistics and capacity are
-            that GPU's).
+            that GPU's); local_experts: [G, M] every GPU's experts, replicas included
+            (None: placement's).
         modality: [T] codes; entropy: [T] ([B, T]) feature entropy (nats), required.
         expert_labels: [E] ([B, E]) in {+1 visual, −1 text, 0 shared} from
             ``calibrate_expert_labels``; None labels every expert shared (no step 2).
@@ -169,7 +171,8 @@ def macs(scores: torch.Tensor, *, top_k: int, placement: torch.Tensor,
     b = layer_batch(scores, top_k, modality=modality, entropy=entropy, topk_ids=topk_ids,
                     topk_weights=topk_weights, policy="macs", scores_known=scores_known)
     check_placement(placement, b.num_experts, "macs")
-    src = sources(params.scope, token_gpu, placement, b.num_layers, b.num_tokens, "macs")
+    src = sources(params.scope, token_gpu, placement, b.num_layers, b.num_tokens, "macs",
+                  local_experts)
     if expert_labels is None:
         expert_labels = torch.zeros(b.num_experts, dtype=torch.long, device=b.scores.device)
     elif expert_labels.shape[-1] != b.num_experts or expert_labels.dim() > 1 + b.batched:

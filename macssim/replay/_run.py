@@ -29,10 +29,12 @@ from macssim.cluster import (
     sequence_parallel_split,
     simulate_step,
 )
+from macssim.cluster._load import ExpertMap
 from macssim.cost import COSTS_CHOICES, PRECISION_PRESETS, check_precision, cost_model_for
 from macssim.hardware import ENGINES, Topology, load_topology
-from macssim.placement import contiguous_placement
+from macssim.placement import PLACEMENTS, Placement, placements_from_trace
 from macssim.policies import DropStats, Policy, expert_labels_from_trace, get_policy
+from macssim.policies._scope import local_expert_tables
 from macssim.trace import MODALITIES, ModelFacts, Step, open_trace, unscored_experts_per_gpu
 
 __all__ = ["BASELINE_POLICY", "ReplayConfig", "ReplayResult", "replay"]
@@ -87,6 +89,13 @@ class ReplayConfig:
     tables: Path | None = None
     """Directory of measured tables in macssim's format (``gemm.csv``, ``moe.csv``, as
     ``macssim cost convert`` writes them); None: an installed aiconfigurator-core's."""
+    placement: str = "contiguous"
+    """Expert placement (``macssim.placement.PLACEMENTS``): ``contiguous`` (GPU g holds
+    experts [g·E/G, (g+1)·E/G)) or ``eplb`` (DeepSeek's load balancer on the loads of
+    the replayed steps, one placement per MoE layer; docs/policies.md)."""
+    redundant_experts: int = 0
+    """N extra expert slots EPLB fills with replicas of the hottest experts (E + N must
+    be a multiple of the GPUs); 0 with ``contiguous``."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -132,6 +141,8 @@ class ReplayResult:
     policies that rank a token's local experts by score (expanded-drop, macs): how many
     token-layers had an expert on their GPU without a kept score (read as 0, so no
     candidate), out of how many. None when every score is there or no such policy ran."""
+    placements: tuple[Placement, ...] = ()
+    """The expert placement of each MoE layer (every policy ran on the same)."""
 
 
 def _check_config(config: ReplayConfig) -> None:
@@ -162,6 +173,14 @@ def _check_config(config: ReplayConfig) -> None:
     if config.alltoall is not None and config.alltoall not in ENGINES:
         raise MacssimError(f'{where}: "alltoall" must be one of {", ".join(ENGINES)}, got '
                            f"{brief(config.alltoall)}")
+    if not isinstance(config.placement, str) or config.placement not in PLACEMENTS:
+        raise MacssimError(f'{where}: "placement" must be one of {", ".join(PLACEMENTS)}, got '
+                           f"{brief(config.placement)}")
+    check_int(config.redundant_experts, where, "redundant_experts", low=0,
+              high=Limits.MAX_GPUS * 64)
+    if config.redundant_experts and config.placement != "eplb":
+        raise MacssimError(f'{where}: "redundant_experts" needs placement eplb (contiguous '
+                           "places each expert once)")
 
 
 def _device(name: object) -> torch.device:
@@ -203,14 +222,15 @@ def _tensor(a: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
 
 def _plans_for_step(step: Step, model: ModelFacts, policy: Policy, placement_t: torch.Tensor,
                     labels: np.ndarray | None, device: torch.device,
-                    token_gpu: np.ndarray | None = None):
+                    token_gpu: np.ndarray | None = None,
+                    local_experts: torch.Tensor | None = None):
     """The policy's plan for every MoE layer of the step, all layers in one call."""
     plan = policy(
         _tensor(step.scores, device), top_k=model.top_k, placement=placement_t,
         modality=_tensor(step.modality, device), entropy=_tensor(step.entropy, device),
         topk_ids=_tensor(step.topk_ids, device), topk_weights=_tensor(step.topk_weights, device),
         expert_labels=_tensor(labels, device), num_experts=model.num_experts,
-        token_gpu=_tensor(token_gpu, device))
+        token_gpu=_tensor(token_gpu, device), local_experts=local_experts)
     return plan.layers()
 
 
@@ -239,7 +259,16 @@ def replay(config: ReplayConfig,
     precision = PRECISION_PRESETS[config.precision]
     check_precision(topology, precision)
     costs, costs_record = cost_model_for(topology, tables=config.tables, costs=config.costs)
-    placement = contiguous_placement(model.num_experts, topology.num_gpus)
+    layer_placements = placements_from_trace(config.placement, trace, topology.num_gpus,
+                                             config.redundant_experts,
+                                             gpus_per_node=topology.gpus_per_node,
+                                             steps=config.max_steps)
+    # The step's placement is layer 0's; under EPLB each layer's own map rides on its
+    # LayerRouting (every layer has (E + N)/G slots per GPU).
+    placement = layer_placements[0]
+    per_layer = config.placement != "contiguous"
+    layer_maps = ([ExpertMap.from_placement(p) for p in layer_placements] if per_layer
+                  else [None] * len(layer_placements))
     policies = _build_policies(config, trace.has("scores"))
     for name, policy in policies.items():
         if policy.needs_scores and not trace.has("scores"):
@@ -263,6 +292,9 @@ def replay(config: ReplayConfig,
                    "scores_kept_per_token": trace.scores_top_n}
                   if ranked_local and trace.has("scores") and not trace.scores_complete
                   else None)
+    # Under EPLB, "local" to a policy is every expert with a replica on the token's GPU,
+    # in that layer's placement.
+    local_t = local_expert_tables(layer_placements).to(device) if per_layer else None
     num_steps = trace.num_steps if config.max_steps is None else min(config.max_steps,
                                                                       trace.num_steps)
     total = num_steps * len(policies)
@@ -317,13 +349,14 @@ def replay(config: ReplayConfig,
             for name, policy in policies.items():
                 routings, per_layer_drops = [], []
                 for plan in _plans_for_step(step, model, policy, placement_t, labels, device,
-                                            policy_gpu):
+                                            policy_gpu, local_t):
                     ids = plan.expert_ids.cpu().numpy()
                     kept = plan.kept.cpu().numpy()
                     exchange = (None if plan.exchange_bytes is None
                                 else plan.exchange_bytes.cpu().numpy())
                     routings.append(LayerRouting(expert_ids=ids, kept=kept,
-                                                 exchange_bytes=exchange))
+                                                 exchange_bytes=exchange,
+                                                 experts=layer_maps[len(routings)]))
                     per_layer_drops.append(plan.drops)
                     _tally(drop_tally, (name, step.kind), plan.drops)
                 yield name, step, per_layer_drops, dict(
@@ -353,7 +386,8 @@ def replay(config: ReplayConfig,
         gpu_load=gpu_load,
         drops=drops, timelines=chrome, versions=_versions(), score_gaps=score_gaps,
         costs={**costs_record, **coverage},
-        policy_params={name: dict(p.params) for name, p in policies.items()})
+        policy_params={name: dict(p.params) for name, p in policies.items()},
+        placements=tuple(layer_placements))
 
 
 _DROP_FIELDS = tuple(f.name for f in dataclasses.fields(DropStats))

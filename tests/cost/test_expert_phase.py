@@ -130,8 +130,10 @@ def test_bad_rows_are_refused(tiny_model):
 
 
 def test_rows_per_slot_follow_the_placement_and_its_replicas():
-    """Slow twin: per-assignment loop over the replica rule (token t, expert e → e's
-    (t mod replicas)-th slot), on a placement whose slots are not grouped by GPU."""
+    """Slow twin: per-assignment loop over the replica rule (token on GPU g, expert e →
+    e's replicas on g if any, else all of e's replicas (one node); the n-th assignment
+    to pick a given (set, expert) takes the set's (n mod size)-th slot), on a placement
+    whose slots are not grouped by GPU."""
     slot_expert = np.array([3, 0, 1, 0, 2, 3, 4, 5, 6, 7, 1])
     slot_gpu = np.array([1, 0, 0, 1, 1, 0, 2, 2, 3, 3, 2])
     placement = Placement(num_gpus=4, slot_expert=slot_expert, slot_gpu=slot_gpu)
@@ -139,15 +141,20 @@ def test_rows_per_slot_follow_the_placement_and_its_replicas():
     num_tokens = 200
     ids = np.stack([rng.choice(8, 2, replace=False) for _ in range(num_tokens)])
     kept = rng.random(ids.shape) < 0.8
-    load = layer_load(LayerRouting(ids, kept), rng.integers(0, 4, num_tokens),
+    token_gpu = rng.integers(0, 4, num_tokens)
+    load = layer_load(LayerRouting(ids, kept), token_gpu,
                       ExpertMap.from_placement(placement), 10.0, where="test")
     slots_of = {e: [s for s in range(slot_expert.size) if slot_expert[s] == e]
                 for e in range(8)}
+    picked: dict = {}
     want = np.zeros((4, 3), int)             # GPUs hold 3, 3, 3 and 2 slots
     for t in range(num_tokens):
         for e, k in zip(ids[t], kept[t], strict=True):
             if k:
-                slot = slots_of[e][t % len(slots_of[e])]
+                own = [s for s in slots_of[e] if slot_gpu[s] == token_gpu[t]]
+                pool, key = (own, (token_gpu[t], e)) if own else (slots_of[e], ("all", e))
+                slot = pool[picked.get(key, 0) % len(pool)]
+                picked[key] = picked.get(key, 0) + 1
                 g = slot_gpu[slot]
                 local = int((slot_gpu[:slot] == g).sum())
                 want[g, local] += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,3 +49,58 @@ def test_scope_needs_token_gpu_and_says_so():
         get_policy("token-drop")(**dict(b, token_gpu=torch.zeros(5, dtype=torch.long)))
     with pytest.raises(PolicyError, match="scope"):
         get_policy("macs", scope="node")
+
+
+def test_local_expert_table_lists_every_replica_once():
+    from macssim.policies._scope import local_expert_table
+
+    # Expert 0 on GPUs 0 and 1 (twice on 1), expert 1 on GPU 0, expert 2 on GPU 1;
+    # GPU 2 holds nothing.
+    table = local_expert_table(torch.tensor([0, 1, 2, 0, 0]), torch.tensor([0, 0, 1, 1, 1]), 3)
+    assert table.tolist() == [[0, 1], [0, 2], [-1, -1]]
+
+
+def test_a_replica_on_the_tokens_gpu_is_local_to_every_policy():
+    """Expert 0 (primary GPU 0) has a replica on GPU 1: GPU 1's tokens may take it as a
+    local candidate under expanded-drop and macs; without the table they may not."""
+    from macssim.policies._scope import local_expert_table
+
+    # 2 tokens on GPU 1, k = 1, both choose expert 2; expert 0 scores next.
+    scores = torch.tensor([[0.3, 0.1, 0.6, 0.0], [0.3, 0.1, 0.6, 0.0]])
+    placement = torch.tensor([0, 0, 1, 1])
+    token_gpu = torch.tensor([1, 1])
+    table = local_expert_table(torch.tensor([0, 1, 2, 3, 0]), torch.tensor([0, 0, 1, 1, 1]), 2)
+    for name, extra in (("expanded-drop", {}),
+                        ("macs", dict(entropy=torch.ones(2), modality=torch.zeros(2,
+                                                                               dtype=torch.long)))):
+        policy = get_policy(name)
+        plain = policy(scores, top_k=1, placement=placement, token_gpu=token_gpu, **extra)
+        repl = policy(scores, top_k=1, placement=placement, token_gpu=token_gpu,
+                      local_experts=table, **extra)
+        took = lambda plan: {int(e) for e, k in zip(plan.expert_ids.reshape(-1).tolist(),  # noqa: E731
+                                                    plan.kept.reshape(-1).tolist(),
+                                                    strict=True) if k}
+        assert 0 not in took(plain), name
+        assert 0 in took(repl), name
+
+
+def test_local_tables_may_differ_per_layer():
+    """[B, G, M]: layer 0 has expert 0's replica on GPU 1, layer 1 does not; a GPU-1
+    token may take expert 0 locally in layer 0 only."""
+    from macssim.placement import Placement
+    from macssim.policies._scope import local_expert_tables
+
+    def placed(slot_expert, slot_gpu):
+        return Placement(num_gpus=2, slot_expert=np.array(slot_expert),
+                         slot_gpu=np.array(slot_gpu))
+
+    tables = local_expert_tables([placed([0, 1, 2, 3, 0], [0, 0, 1, 1, 1]),
+                                  placed([0, 1, 2, 3], [0, 0, 1, 1])])
+    assert tables.tolist() == [[[0, 1, -1], [0, 2, 3]], [[0, 1, -1], [2, 3, -1]]]
+    scores = torch.tensor([[0.3, 0.1, 0.6, 0.0]] * 2).expand(2, 2, 4)
+    plan = get_policy("expanded-drop")(scores, top_k=1, placement=torch.tensor([0, 0, 1, 1]),
+                                       token_gpu=torch.tensor([1, 1]), local_experts=tables)
+    kept = [{int(e) for e, k in zip(ids.reshape(-1).tolist(), kp.reshape(-1).tolist(),
+                                    strict=True) if k}
+            for ids, kp in zip(plan.expert_ids, plan.kept, strict=True)]
+    assert 0 in kept[0] and 0 not in kept[1]
