@@ -49,6 +49,10 @@ __all__ = ["command"]
               show_default=True, help="SLA: time to first token at most this (s).")
 @click.option("--sla-tpot", type=FiniteFloat(0.0, 1e6, low_open=True), default=0.030,
               show_default=True, help="SLA: time per output token at most this (s).")
+@click.option("--no-step-cache", is_flag=True,
+              help="Simulate every step even when an identical step (same chunks of the "
+              "same recorded requests on the same ranks) ran before; the cache is exact, "
+              "this only costs time (docs/serve.md).")
 @click.option("--seed", type=click.IntRange(0, Limits.MAX_SEED), default=0, show_default=True,
               help="Seeds the arrivals; same seed, same results.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -56,8 +60,8 @@ __all__ = ["command"]
               "r<rate>/); the replay report's rules: nothing macssim did not write is touched.")
 @click.option("--force", is_flag=True, help="Replace an earlier macssim report in --out.")
 def command(trace_path, topology, policy, gamma, rate, num_requests, arrivals, output_tokens,
-            token_budget, max_seqs, no_chunked_prefill, sla_ttft, sla_tpot, seed, out_dir,
-            force) -> None:
+            token_budget, max_seqs, no_chunked_prefill, sla_ttft, sla_tpot, no_step_cache, seed,
+            out_dir, force) -> None:
     """Serve requests on a simulated cluster: Poisson arrivals (or a file), continuous
     batching with chunked prefill on data-parallel attention ranks, every step's routing
     composed from its requests' recorded routing and simulated under one policy.
@@ -83,7 +87,8 @@ def command(trace_path, topology, policy, gamma, rate, num_requests, arrivals, o
             output_tokens=output_tokens,
             scheduler=SchedulerConfig(token_budget=token_budget, max_seqs=max_seqs,
                                       chunked_prefill=not no_chunked_prefill),
-            sla=Sla(ttft_s=sla_ttft, tpot_s=sla_tpot), seed=seed)
+            sla=Sla(ttft_s=sla_ttft, tpot_s=sla_tpot), seed=seed,
+            step_cache=not no_step_cache)
         topo = Path(topology).stem if topology.endswith((".yaml", ".yml")) else topology
         load = f"a-{arrivals.stem}" if arrivals else f"r{rate:g}"
         out_dir = out_dir or Path("reports") / f"serve-{trace_path.stem}-{topo}-{policy}-{load}"
@@ -101,6 +106,10 @@ def command(trace_path, topology, policy, gamma, rate, num_requests, arrivals, o
     click.echo(f"{result.model.name} on {result.topology.name}, policy {policy} "
                f"(γ={gamma:g}): {s['requests']} requests, {s['steps']} steps, "
                f"{s['duration_s']:.3f} s simulated in {result.wall_s:.1f} s")
+    cache = result.replay.get("step_cache", {})
+    if cache.get("on"):
+        click.echo(f"steps simulated: {cache['misses']}, identical steps reused: "
+                   f"{cache['hits']} (exact; --no-step-cache to simulate every one)")
     echo_table(["metric", "mean", "p50", "p90", "p99"],
                [[f"{name} ms", *(s[f"{name}_s_{q}"] * 1e3 for q in ("mean", "p50", "p90",
                                                                      "p99"))]

@@ -27,7 +27,7 @@ import numpy as np
 from macssim.serve._scheduler import Chunk, ServeError
 from macssim.trace import Step, Trace
 
-__all__ = ["RecordedRequest", "compose_step", "recorded_requests"]
+__all__ = ["RecordedRequest", "compose_step", "recorded_requests", "step_key"]
 
 _TOKEN_FIELDS = ("modality", "topk_ids", "topk_weights", "scores", "entropy", "score_known",
                  "score_floor")
@@ -115,13 +115,15 @@ def compose_step(index: int, chunks: Sequence[Chunk], recorded: Sequence[Recorde
         replays: served request -> index into ``recorded``.
 
     Returns:
-        ``(step, token_rank)``: ``step.request_id`` holds served request indices; its
+        ``(step, token_rank)``: ``step.request_id`` numbers the step's requests in chunk
+        order (0, 1, …; a request has at most one chunk per step), so two steps made of
+        the same chunks of the same recorded requests are identical inputs; its
         kind is ``prefill`` when any prompt token runs (the vision encoder runs on the
         prompt's image and video tokens), else ``decode``. ``token_rank``: [T] int64.
     """
     parts: dict[str, list[np.ndarray]] = {}
     position, request, rank = [], [], []
-    for c in chunks:
+    for n, c in enumerate(chunks):
         rec = recorded[replays[c.request]]
         if c.kind == "prefill":
             src, rows = rec.prefill, np.arange(c.first, c.first + c.count)
@@ -131,10 +133,18 @@ def compose_step(index: int, chunks: Sequence[Chunk], recorded: Sequence[Recorde
         for name, a in src.items():
             parts.setdefault(name, []).append(np.take(a, rows, axis=_axis(name)))
         position.append(np.arange(c.first, c.first + c.count, dtype=np.int64))
-        request.append(np.full(c.count, c.request, dtype=np.int64))
+        request.append(np.full(c.count, n, dtype=np.int64))
         rank.append(np.full(c.count, c.rank, dtype=np.int64))
     arrays = {name: np.concatenate(p, axis=_axis(name)) for name, p in parts.items()}
     kind = "prefill" if any(c.kind == "prefill" for c in chunks) else "decode"
     step = Step(index=index, kind=kind, request_id=np.concatenate(request),
                 position=np.concatenate(position), **arrays)
     return step, np.concatenate(rank)
+
+
+def step_key(chunks: Sequence[Chunk], recorded: Sequence[RecordedRequest],
+             replays: Sequence[int]) -> tuple:
+    """What ``compose_step`` reads, as a hashable key: two steps with the same key are
+    the same arrays (chunk by chunk: rank, recorded request, kind, positions; decode rows
+    follow from the positions), hence the same plan and the same simulated step."""
+    return tuple((c.rank, replays[c.request], c.kind, c.first, c.count) for c in chunks)

@@ -2,10 +2,13 @@
 each step composed from its requests' recorded routing, planned by one policy and
 simulated on the cluster (``simulate_step``) → per-request and per-run metrics.
 
-Exact, not cached: every served step is planned and simulated as it is; two steps with
-the same shape but different requests route differently, so a cache keyed on the shape
-alone would change the answer. The cost is one policy call and one ``simulate_step`` per
-served step (docs/serve.md gives the measured time).
+Exact first: two steps of the same shape but different requests route differently, so a
+cache keyed on the shape alone would change the answer, and there is none. The one cache
+(``step_cache``, on by default) is keyed on everything the step is composed from (each
+chunk's rank, recorded request, kind and positions): equal keys are equal inputs to the
+policy and to ``simulate_step``, both deterministic, so a hit returns exactly what a
+recomputation would. It pays where steps repeat (a request served alone, light load); a
+miss costs one policy call and one ``simulate_step`` (docs/serve.md gives the times).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from macssim.policies import expert_labels_from_trace, get_policy
 from macssim.replay._run import _device, _plans_for_step, _versions
 from macssim.serve._arrivals import Arrival, poisson_arrivals, read_arrivals
 from macssim.serve._metrics import Sla, request_table, run_summary, step_table
-from macssim.serve._routing import compose_step, recorded_requests
+from macssim.serve._routing import compose_step, recorded_requests, step_key
 from macssim.serve._scheduler import (
     RequestSpec,
     Schedule,
@@ -85,6 +88,9 @@ class ServeConfig:
     network_rtol: float = 0.0
     costs: str = "auto"
     tables: Path | None = None
+    step_cache: bool = True
+    """Reuse a step's cost when an identical step (same chunks of the same recorded
+    requests on the same ranks) was simulated before in the run; exact (module docstring)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -223,7 +229,22 @@ def _cluster_step_time(config: ServeConfig, trace, model: ModelFacts, topology: 
     options = SimOptions(flow_end_rtol=config.network_rtol, alltoall=config.alltoall,
                          precision=precision, costs=costs)
 
+    cache: dict[tuple, StepCost] = {}
+    counts = {"hits": 0, "misses": 0}
+
     def step_time(batch: StepBatch) -> StepCost:
+        if not config.step_cache:
+            return simulate(batch)
+        key = step_key(batch.chunks, recorded, replays)
+        cost = cache.get(key)
+        if cost is None:
+            counts["misses"] += 1
+            cost = cache[key] = simulate(batch)
+        else:
+            counts["hits"] += 1
+        return cost
+
+    def simulate(batch: StepBatch) -> StepCost:
         step, token_gpu = compose_step(batch.index, batch.chunks, recorded, replays)
         routings = [LayerRouting(expert_ids=p.expert_ids.cpu().numpy(),
                                  kept=p.kept.cpu().numpy(),
@@ -250,6 +271,7 @@ def _cluster_step_time(config: ServeConfig, trace, model: ModelFacts, topology: 
         """Read after the run: the cost coverage counts the operations it answered."""
         return {"policy_params": dict(policy.params),
                 "alltoall": alltoall_spec(topology, options).engine,
+                "step_cache": {"on": config.step_cache, **counts},
                 "costs": {**costs_record, **costs.coverage()}}
 
     return step_time, more

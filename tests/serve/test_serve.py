@@ -4,6 +4,7 @@ figures and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -132,6 +133,19 @@ def test_same_seed_same_outputs(small_trace):
     assert (a.requests.tpot_s > 0).all() and (a.requests.ttft_s > 0).all()
     assert 0 < a.summary["gpu_utilisation"] < 1
     assert 0 <= a.summary["straggler_share"] < 1
+
+
+def test_the_step_cache_changes_nothing_but_time(small_trace):
+    """At a low rate requests are mostly served alone, so identical steps repeat; with
+    and without the cache every table is equal, bit for bit."""
+    config = ServeConfig(trace=small_trace, topology=ONE_GPU, rate_per_s=2.0, num_requests=6,
+                         output_tokens=5, seed=1)
+    cached = serve(config)
+    fresh = serve(dataclasses.replace(config, step_cache=False))
+    assert cached.replay["step_cache"]["hits"] > 0
+    assert cached.replay["step_cache"]["misses"] < len(cached.steps)
+    pd.testing.assert_frame_equal(cached.requests, fresh.requests, check_exact=True)
+    pd.testing.assert_frame_equal(cached.steps, fresh.steps, check_exact=True)
 
 
 def test_different_seeds_draw_different_arrivals():
