@@ -1,0 +1,82 @@
+"""``macssim recommend``: the cheapest configuration of a sweep that meets an SLA."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from macssim.cli._output import echo_table, library_errors
+
+__all__ = ["command"]
+
+_SHOWN = ("topology", "num_gpus", "capacity_factor", "precision", "alltoall_engine", "policy")
+
+
+def _where(row: dict) -> str:
+    source = row.get("scenario") or row.get("trace")
+    source = Path(source).name if source and "/" in source else source
+    return f"point {row['point_index']} ({source})"
+
+
+def _pct(m: float) -> str:
+    return "n/a" if m == -math.inf else f"{m * 100:+.1f} %"
+
+
+@click.command("recommend")
+@click.argument("results", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--sla", "bounds", multiple=True, required=True, metavar="NAME<=VALUE",
+              help="A bound on a table figure, repeatable: moe_latency_p99_s<=0.0005, "
+              "step_latency_mean_s<=0.05, dropped_semantic_mass_frac<=0.01, "
+              "tokens_per_s>=20000 (docs/sweep.md lists them).")
+@click.option("--kind", type=click.Choice(["all", "prefill", "decode"]), default="all",
+              show_default=True, help="Which summary rows to judge: over all steps, or "
+              "prefill or decode steps only.")
+@click.option("--policy", "policies", default=None, metavar="P1,P2,…",
+              help="Consider only these policies (default: every policy in the table).")
+def command(results, bounds, kind, policies) -> None:
+    """Print the cheapest configuration in a sweep's RESULTS table that meets every
+    --sla bound, its margin on each bound, and the runner-up.
+
+    \b
+    Cheapest: the fewest GPUs, then the fewest GPU-seconds per token, then the least
+    dropped semantic mass (docs/sweep.md). When no configuration meets the SLA, says so,
+    shows the closest one and exits 1.
+
+    \b
+    Example:
+      macssim recommend results.parquet --sla moe_latency_p99_s<=0.0003 \\
+          --sla dropped_semantic_mass_frac<=0.2
+    """
+    from macssim.sweep import parse_bound, read_results, recommend
+
+    with library_errors():
+        sla = [parse_bound(b) for b in bounds]
+        rows, _ = read_results(results)
+        names = None if policies is None else [p.strip() for p in policies.split(",")]
+        rec = recommend(rows, sla, kind=kind, policies=names)
+    click.echo(f"{rec.candidates} configurations considered ({kind} steps), {rec.meeting} "
+               "meet the SLA" + (f"; {rec.failed_points} points failed and are not "
+                                 "considered" if rec.failed_points else ""))
+    click.echo("SLA: " + ", ".join(map(str, sla)))
+    click.echo("")
+    if not rec.met:
+        click.echo("no configuration meets the SLA. The closest, "
+                   f"{_where(rec.best)}, misses it by:")
+        _table(rec.best, sla)
+        raise SystemExit(1)
+    click.echo(f"cheapest meeting it: {_where(rec.best)}")
+    _table(rec.best, sla)
+    click.echo(f"margin: {_pct(min(rec.margins.values()))} on its tightest bound")
+    if rec.runner_up is None:
+        click.echo("\nrunner-up: none (only one configuration meets the SLA)")
+    else:
+        click.echo(f"\nrunner-up: {_where(rec.runner_up)}")
+        _table(rec.runner_up, sla)
+
+
+def _table(row: dict, sla) -> None:
+    echo_table(list(_SHOWN), [[row.get(c) for c in _SHOWN]])
+    rows = [[str(b), row.get(b.metric), _pct(b.margin(row))] for b in sla]
+    echo_table(["bound", "value", "margin"], rows)
