@@ -345,3 +345,23 @@ def test_a_top_n_trace_reports_the_local_experts_it_could_not_rank(small_trace, 
     report = write_report(result, tmp_path / "rep", command_line=["macssim", "replay"])
     assert json.loads((report.directory / "run.json").read_text())["score_gaps"] == gaps
     assert replay(config(small_trace, policies=("vanilla",))).score_gaps is None
+
+
+def test_decode_steps_route_as_vanilla_unless_capped_too(small_trace, result):
+    """CAI-MoE's code applies no capacity at sequence length 1: by default every policy's
+    decode steps are vanilla's, drops included; capacity_in_decode caps them as well."""
+    decode = result.layers[result.layers.kind == "decode"]
+    cols = ["step", "layer", "kept_assignments", "dropped_assignments", "dispatch_bytes",
+            "moe_latency_s"]
+    want = decode[decode.policy == "vanilla"][cols].reset_index(drop=True)
+    for name in ("macs", "expanded-drop", "token-drop"):
+        got = decode[decode.policy == name][cols].reset_index(drop=True)
+        assert got.equals(want), name
+    capped = replay(config(small_trace, policies=("expanded-drop",), capacity_in_decode=True))
+    kept = capped.layers[(capped.layers.kind == "decode")
+                         & (capped.layers.policy == "expanded-drop")].kept_assignments
+    # Under a cap tokens also take their GPU's other (scored) experts: C = 1 per expert.
+    assert (kept.to_numpy() >= want.kept_assignments.to_numpy()).all()
+    assert kept.sum() > want.kept_assignments.sum()
+    with pytest.raises(MacssimError, match="capacity_in_decode"):
+        replay(config(small_trace, capacity_in_decode="yes"))

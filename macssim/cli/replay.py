@@ -142,6 +142,9 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
               default=None, help="Directory of measured tables in macssim's format "
               "(gemm.csv, moe.csv: what `macssim cost convert` writes). Default: the "
               "installed aiconfigurator-core's, if any.")
+@click.option("--capacity-in-decode", is_flag=True,
+              help="Cap decode steps too. Default: decode steps route as vanilla, as "
+              "CAI-MoE's code does (no capacity at sequence length 1).")
 @click.option("--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Worker processes simulating (policy, step) pairs side by side; the "
               "results are the same for any value.")
@@ -157,7 +160,8 @@ def _default_out(trace: Path, topology: str, gamma: float) -> Path:
 @click.option("--list", "list_only", is_flag=True, help="List policies and topology presets.")
 def command(trace_path, policies, topology, gamma, params, max_steps, calibration_trace,
             out_dir, force, seed, device, network_rtol, alltoall, precision, attention_tp, costs,
-            tables_dir, jobs, placement, redundant_experts, list_only) -> None:
+            tables_dir, capacity_in_decode, jobs, placement, redundant_experts,
+            list_only) -> None:
     """Replay a routing trace through a simulated expert-parallel cluster under each
     policy and measure the straggler delay each leaves.
 
@@ -190,8 +194,8 @@ def command(trace_path, policies, topology, gamma, params, max_steps, calibratio
                           max_steps=max_steps, calibration_trace=calibration_trace, seed=seed,
                           device=device, network_rtol=network_rtol, alltoall=alltoall,
                           precision=precision, attention_tp=attention_tp, costs=costs,
-                          tables=tables_dir, placement=placement,
-                          redundant_experts=redundant_experts, jobs=jobs)
+                          tables=tables_dir, capacity_in_decode=capacity_in_decode,
+                          placement=placement, redundant_experts=redundant_experts, jobs=jobs)
     out_dir = out_dir or _default_out(trace_path, topology, gamma)
     with library_errors():
         with ReportWriter(out_dir, force=force) as writer:

@@ -76,6 +76,12 @@ class ReplayConfig:
     BF16, the model before precisions), ``fp8-experts`` (routed and shared experts in
     FP8, FP8 dispatch, BF16 combine), ``fp8`` (also attention projections, dense MLP and
     LM head in FP8). FP8 compute needs the topology's ``gpu.fp8_flops_per_s``."""
+    capacity_in_decode: bool = False
+    """Apply the capacity policies to decode steps too. False (the default): decode steps
+    route as vanilla, as CAI-MoE's code does (no capacity at sequence length 1, its
+    generation path); MACS, which builds on it, follows. True: every step is capped (a
+    decode step's few tokens per GPU then get C = 1 per expert, and Expanded Drop and MACS
+    add every local expert to each token)."""
     jobs: int = 1
     """Worker processes simulating (policy, step) pairs side by side (policies run in the
     main process). 1: everything in this process. Results are the same for any value."""
@@ -164,6 +170,9 @@ def _check_config(config: ReplayConfig) -> None:
     check_number(config.network_rtol, where, "network_rtol", low=0.0, high=1.0, high_open=True)
     check_int(config.attention_tp, where, "attention_tp", low=1, high=Limits.MAX_GPUS)
     check_int(config.jobs, where, "jobs", low=1, high=256)
+    if not isinstance(config.capacity_in_decode, bool):
+        raise MacssimError(f'{where}: "capacity_in_decode" must be true or false, got '
+                           f"{brief(config.capacity_in_decode)}")
     if not isinstance(config.precision, str) or config.precision not in PRECISION_PRESETS:
         raise MacssimError(f'{where}: "precision" must be one of '
                            f'{", ".join(PRECISION_PRESETS)}, got {brief(config.precision)}')
@@ -287,6 +296,7 @@ def replay(config: ReplayConfig,
                               f"does not match the replayed trace's ({model.name})")
         labels = expert_labels_from_trace(calib)
     placement_t = torch.from_numpy(placement.expert_to_gpu).to(device)
+    uncapped = get_policy("vanilla")
     ranked_local = [n for n in policies if n in _RANK_LOCAL_SCORES]
     score_gaps = ({"policies": ranked_local, "token_layers": 0, "of": 0,
                    "scores_kept_per_token": trace.scores_top_n}
@@ -346,10 +356,11 @@ def replay(config: ReplayConfig,
                     at = gaps[:, np.arange(step.num_tokens), policy_gpu]
                     score_gaps["token_layers"] += int(np.count_nonzero(at))
                     score_gaps["of"] += int(at.size)
+            capped = step.kind == "prefill" or config.capacity_in_decode
             for name, policy in policies.items():
                 routings, per_layer_drops = [], []
-                for plan in _plans_for_step(step, model, policy, placement_t, labels, device,
-                                            policy_gpu, local_t):
+                for plan in _plans_for_step(step, model, policy if capped else uncapped,
+                                            placement_t, labels, device, policy_gpu, local_t):
                     ids = plan.expert_ids.cpu().numpy()
                     kept = plan.kept.cpu().numpy()
                     exchange = (None if plan.exchange_bytes is None
