@@ -7,7 +7,12 @@ Each run is the whole command (``macssim sweep``, process start and imports incl
 fresh subprocess writing a fresh table; runs alternate between the job counts, round by
 round, so a machine that gets busier or quieter during the benchmark weighs on each the
 same. Prints the wall time of every run, the ratio per round and whether every run wrote
-the same table (it must)."""
+the same table (it must).
+
+A control beside each round: the same pure-Python CPU burner (2 s of CPU) run once
+alone and twice at once. Its ratio is the parallelism the machine offers at that moment
+(2.0 on two idle cores; 1.0 when another process holds one of them), the ceiling of any
+2-job speed-up measured then."""
 
 from __future__ import annotations
 
@@ -32,6 +37,21 @@ def _children_cpu_s() -> float:
     return use.ru_utime + use.ru_stime
 
 
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 2: pass\n"
+
+
+def control() -> float:
+    """Wall time of one burner over that of two at once (two cores free: ~2.0)."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", BURN], check=True)
+    one = time.perf_counter() - t
+    t = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(2)]
+    for p in procs:
+        p.wait()
+    return 2 * one / (time.perf_counter() - t)
+
+
 def run(jobs: int, out: Path, steps: int) -> tuple[float, float]:
     """Wall seconds and CPU seconds (the command and its workers) of one sweep."""
     cpu = _children_cpu_s()
@@ -53,7 +73,11 @@ def main() -> None:
     cpus: dict[int, list[float]] = {j: [] for j in counts}
     tables = set()
     with tempfile.TemporaryDirectory() as tmp:
+        controls = []
         for r in range(args.rounds):
+            controls.append(control())
+            print(f"round {r}: control: two burners at once ran {controls[-1]:.2f}x as fast "
+                  "as one after the other", flush=True)
             for j in (counts if r % 2 == 0 else counts[::-1]):
                 out = Path(tmp) / f"r{r}-j{j}.parquet"
                 load_before = os.getloadavg()[0]
@@ -70,6 +94,7 @@ def main() -> None:
               f"speedup_vs_jobs_{base}": {
                   j: [b / w for b, w in zip(walls[base], walls[j], strict=True)]
                   for j in counts[1:]},
+              "control_parallelism": controls,
               "identical_tables": len(tables) == 1}
     print(json.dumps(result, indent=1))
 
