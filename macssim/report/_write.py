@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from macssim._errors import ReportError
+from macssim._process import process_alive
 from macssim.replay import ReplayResult
 from macssim.report._plots import plot_latency_cdf, plot_load_heatmap, plot_straggler_per_layer
 from macssim.report._summary import summarize
@@ -214,15 +215,5 @@ def _remove_stale_temporaries(parent: Path) -> None:
     """Temporary report directories of runs that were killed (their process is gone)."""
     for path in parent.glob(f".*{_TMP_MARK}*"):
         pid_text = path.name.split(_TMP_MARK, 1)[1].split("-", 1)[0]
-        if pid_text.isdigit() and not _alive(int(pid_text)) and path.is_dir():
+        if pid_text.isdigit() and not process_alive(int(pid_text)) and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

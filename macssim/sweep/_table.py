@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from macssim import __version__
+from macssim._process import process_alive
 from macssim.sweep._axes import AXES, SweepError
 
 __all__ = ["FIXED_COLUMNS", "TABLE_FORMAT", "ResultsTable", "read_results"]
@@ -167,15 +168,5 @@ def _remove_stale_temporaries(path: Path) -> None:
     """Temporary tables of sweeps that were killed (their process is gone)."""
     for tmp in path.parent.glob(f".{path.name}{_TMP_MARK}*"):
         pid = tmp.name.rsplit(_TMP_MARK, 1)[1]
-        if pid.isdigit() and not _alive(int(pid)) and tmp.is_file():
+        if pid.isdigit() and not process_alive(int(pid)) and tmp.is_file():
             tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from macssim._errors import TraceError
+from macssim._process import process_alive
 from macssim._validate import Limits, brief, check_choice, check_int, load_json, mapping
 from macssim.trace import _codec
 from macssim.trace._model import ModelFacts
@@ -367,19 +368,9 @@ def _remove_stale_temporaries(path: Path) -> None:
     prefix = f".{path.name}.tmp-"
     for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
         pid = tmp.name[len(prefix):]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             with contextlib.suppress(OSError):
                 tmp.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 def write_trace(path: str | os.PathLike, model: ModelFacts, provenance: dict[str, Any],
