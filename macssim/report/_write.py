@@ -105,12 +105,7 @@ class ReportWriter:
         for name, doc in result.timelines.items():
             (tmp / f"timeline-{name}.json").write_text(json.dumps(doc))
         run = {
-            "command_line": command_line,
-            "config": result.config.to_dict(),
-            "seed": result.config.seed,
-            "trace_sha256": result.trace_sha256,
-            "model": result.model.name,
-            "topology": result.topology.name,
+            **run_header(result, command_line),
             "policies_replayed": list(result.policies),
             "policy_params": result.policy_params,
             "versions": result.versions,
@@ -217,3 +212,11 @@ def _remove_stale_temporaries(parent: Path) -> None:
         pid_text = path.name.split(_TMP_MARK, 1)[1].split("-", 1)[0]
         if pid_text.isdigit() and not process_alive(int(pid_text)) and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
+
+
+def run_header(result, command_line: list[str]) -> dict:
+    """What every ``run.json`` opens with, for a replay or a serving run alike: how it was
+    called, its config and seed, and what it ran on."""
+    return {"command_line": command_line, "config": result.config.to_dict(),
+            "seed": result.config.seed, "trace_sha256": result.trace_sha256,
+            "model": result.model.name, "topology": result.topology.name}

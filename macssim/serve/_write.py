@@ -13,6 +13,7 @@ import os
 import pandas as pd
 
 from macssim.report import MANIFEST, Report, ReportWriter
+from macssim.report._write import run_header
 from macssim.serve._run import ServeResult
 
 __all__ = ["ServeReportWriter", "write_serve_report"]
@@ -31,12 +32,7 @@ class ServeReportWriter(ReportWriter):
         result.steps.to_csv(tmp / "steps.csv", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)
         run = {
-            "command_line": command_line,
-            "config": result.config.to_dict(),
-            "seed": result.config.seed,
-            "trace_sha256": result.trace_sha256,
-            "model": result.model.name,
-            "topology": result.topology.name,
+            **run_header(result, command_line),
             "replay": result.replay,
             "versions": result.versions,
             "wall_s": result.wall_s,
