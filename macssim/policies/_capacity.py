@@ -18,10 +18,20 @@ from macssim._errors import PolicyError
 __all__ = [
     "admit_by_priority",
     "check_placement",
+    "desc31",
     "gpu_expert_table",
     "megatron_capacity",
     "route_topk",
 ]
+
+
+COMPILED_ON_CPU = True
+"""Admit on CPU tensors with the compiled loops of ``_first_fit``; False runs the
+vectorised torch path (the one CUDA takes) everywhere, so that tests can compare them."""
+
+
+def use_compiled(t: torch.Tensor) -> bool:
+    return COMPILED_ON_CPU and t.device.type == "cpu"
 
 
 def megatron_capacity(num_tokens: int, top_k: int, num_experts: int,
@@ -62,9 +72,21 @@ def _score_bits(x: torch.Tensor) -> torch.Tensor:
     return (x.float() + 0.0).view(torch.int32).long()
 
 
-def _desc31(x: torch.Tensor) -> torch.Tensor:
+def desc31(x: torch.Tensor) -> torch.Tensor:
     """31-bit int64 key, ascending as the non-negative float ``x`` descends."""
     return 0x7FFFFFFF - _score_bits(x)
+
+
+def _priority_key(priority: list[torch.Tensor], n: int) -> torch.Tensor:
+    """One int64 per candidate whose ascending order is the priority keys' descending
+    lexicographic order (two 31-bit keys fill 62 bits)."""
+    if not priority:
+        return torch.zeros(n, dtype=torch.long)
+    if len(priority) == 1:
+        return desc31(priority[0])
+    if len(priority) == 2:
+        return (desc31(priority[0]) << 31) | desc31(priority[1])
+    raise ValueError("at most two priority keys")
 
 
 def _group_then_priority(group: torch.Tensor, priority: list[torch.Tensor]) -> torch.Tensor:
@@ -74,11 +96,11 @@ def _group_then_priority(group: torch.Tensor, priority: list[torch.Tensor]) -> t
     if not priority:
         return torch.sort(group, stable=True).indices
     if len(priority) == 1:
-        return torch.sort((group << 31) | _desc31(priority[0]), stable=True).indices
+        return torch.sort((group << 31) | desc31(priority[0]), stable=True).indices
     if len(priority) == 2:
         # One full sort by (group, first key); the second key only orders runs that tie
         # on both (text tokens all weigh 1 in MACS), a sort over those entries alone.
-        first = (group << 31) | _desc31(priority[0])
+        first = (group << 31) | desc31(priority[0])
         perm = torch.sort(first, stable=True).indices
         key = first[perm]
         tied = torch.zeros_like(key, dtype=torch.bool)
@@ -89,7 +111,7 @@ def _group_then_priority(group: torch.Tensor, priority: list[torch.Tensor]) -> t
             idx = torch.nonzero(tied, as_tuple=True)[0]
             start = torch.cat([torch.ones(1, dtype=torch.bool, device=key.device), ~same])
             run = torch.cumsum(start.long(), dim=0) - 1                    # run id, ascending
-            sub = (run[idx] << 31) | _desc31(priority[1][perm[idx]])
+            sub = (run[idx] << 31) | desc31(priority[1][perm[idx]])
             perm[idx] = perm[idx][torch.sort(sub, stable=True).indices]
         return perm
     raise ValueError("at most two priority keys")
@@ -115,6 +137,11 @@ def admit_by_priority(bucket: torch.Tensor, size: torch.Tensor, capacity: torch.
     n = bucket.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.bool, device=bucket.device)
+    if use_compiled(bucket):
+        from macssim.policies._first_fit import admit_cpu
+
+        return admit_cpu(bucket, size, capacity + 1e-9 * torch.clamp(capacity, min=1.0),
+                         _priority_key(priority, n))
     # A bucket whose whole demand fits admits everything: only the oversubscribed ones
     # need ranking. (The margin keeps float summation order from mattering at the edge.)
     limit = capacity + 1e-9 * torch.clamp(capacity, min=1.0)

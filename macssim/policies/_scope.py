@@ -25,10 +25,15 @@ from typing import Literal
 import torch
 
 from macssim._errors import PolicyError
-from macssim.policies._capacity import gpu_expert_table
+from macssim.policies._capacity import (
+    admit_by_priority,
+    desc31,
+    gpu_expert_table,
+    use_compiled,
+)
 
-__all__ = ["SCOPES", "Scope", "Sources", "check_scope", "exchange_bytes", "local_candidates",
-           "local_expert_table", "local_expert_tables", "sources"]
+__all__ = ["SCOPES", "Scope", "Sources", "admit_local_candidates", "check_scope", "exchange_bytes",
+           "local_candidates", "local_expert_table", "local_expert_tables", "sources"]
 
 Scope = Literal["rank", "global"]
 SCOPES: tuple[str, ...] = ("rank", "global")
@@ -165,7 +170,57 @@ def local_candidates(ids: torch.Tensor, scores: torch.Tensor, src: Sources,
     return cand_ids, mask
 
 
-def exchange_bytes(src: Sources, rows: torch.Tensor, experts: torch.Tensor,
+def admit_local_candidates(b, src: Sources, expert_gpu: torch.Tensor, capacity: torch.Tensor,
+                           row_weight: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Expanded Drop's footing: ``local_candidates``, then each capacity bucket admits its
+    candidates in priority order, each one that still fits (``admit_by_priority``).
+    Without ``row_weight`` every candidate counts 1 and ranks by router score (Expanded
+    Drop); with it ([R], MACS's w(x)) a candidate counts its row's weight and ranks by
+    that weight, heaviest first, then by score.
+
+    On the CPU both steps run as one compiled pass (``_first_fit.admit_local_cpu``).
+
+    Args:
+        b: the layers in row layout (``LayerBatch``); capacity: [NB] float64 per bucket.
+    Returns:
+        (candidate ids [R, k + M], candidate mask [R, k + M], kept [R, k + M]).
+    """
+    if use_compiled(b.scores):
+        from macssim.policies._first_fit import admit_local_cpu
+
+        table = (src.local_experts if src.local_experts is not None
+                 else gpu_expert_table(expert_gpu, src.num_gpus))
+        num_rows = b.ids.shape[0]
+        if row_weight is None:
+            size = torch.ones(num_rows, dtype=torch.float64)
+            row_key = torch.zeros(num_rows, dtype=torch.long)
+            row_order = torch.arange(num_rows)
+        else:
+            size = row_weight.double()
+            row_key = desc31(row_weight)
+            row_order = torch.sort(row_key, stable=True).indices
+        return admit_local_cpu(b.ids, b.scores, table.reshape(-1, *table.shape[-2:]),
+                               src.row_gpu, src.row_source, src.token_gpu.shape[0], size,
+                               capacity + 1e-9 * torch.clamp(capacity, min=1.0), row_order,
+                               row_key)
+    cand_ids, cand = local_candidates(b.ids, b.scores, src, expert_gpu)
+    rows, cols = torch.nonzero(cand, as_tuple=True)
+    experts = cand_ids[rows, cols]
+    bucket = src.bucket(rows, experts, b.num_experts)
+    score = b.scores[rows, experts]
+    if row_weight is None:
+        admitted = admit_by_priority(bucket, torch.ones(rows.shape[0], dtype=torch.float64,
+                                                        device=rows.device), capacity, [score])
+    else:
+        w = row_weight[rows]
+        admitted = admit_by_priority(bucket, w.double(), capacity, [w, score])
+    kept = torch.zeros_like(cand)
+    kept[rows[admitted], cols[admitted]] = True
+    return cand_ids, cand, kept
+
+
+def exchange_bytes(src: Sources, cand_ids: torch.Tensor, cand: torch.Tensor | None,
                    capacity: torch.Tensor, num_experts: int, key_bytes: int,
                    stats_bytes: int = 0) -> torch.Tensor | None:
     """Bytes each GPU must all-gather to every other GPU before dispatch so that every
@@ -177,12 +232,17 @@ def exchange_bytes(src: Sources, rows: torch.Tensor, experts: torch.Tensor,
     exchange.
 
     Args:
-        rows, experts: [N] the candidates; capacity: [B, E] float64.
+        cand_ids: [R, C] candidate experts, ``cand`` [R, C] which are candidates (None:
+            all); capacity: [B, E] float64.
     Returns:
         [B, G] int64 bytes, or None.
     """
     if src.scope == "rank":
         return None
+    if cand is None:
+        cand = torch.ones_like(cand_ids, dtype=torch.bool)
+    rows, cols = torch.nonzero(cand, as_tuple=True)
+    experts = cand_ids[rows, cols]
     num_layers, num_gpus = src.num_layers, src.num_gpus
     layer = rows // src.token_gpu.shape[0] if src.token_gpu.shape[0] else rows
     key = (layer * num_gpus + src.row_gpu[rows]) * num_experts + experts

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 
 from macssim._errors import PolicyError
-from macssim.policies._capacity import admit_by_priority, check_placement
+from macssim.policies._capacity import check_placement
 from macssim.policies._common import finish_plan, layer_batch
 from macssim.policies._plan import DispatchPlan
-from macssim.policies._scope import exchange_bytes, local_candidates, sources
+from macssim.policies._scope import admit_local_candidates, exchange_bytes, sources
 from macssim.policies.token_drop import bucket_capacity, plan_capacity
 
 __all__ = ["expanded_drop"]
@@ -42,17 +42,10 @@ def expanded_drop(scores: torch.Tensor, *, top_k: int, placement: torch.Tensor,
     src = sources(scope, token_gpu, placement, b.num_layers, b.num_tokens, "expanded-drop",
                   local_experts)
     cap = bucket_capacity(src, top_k, b.num_experts, capacity_factor)
-    cand_ids, cand = local_candidates(b.ids, b.scores, src, placement.long().to(b.ids.device))
-    rows, cols = torch.nonzero(cand, as_tuple=True)
-    experts = cand_ids[rows, cols]
-    admitted = admit_by_priority(src.bucket(rows, experts, b.num_experts),
-                                 torch.ones(rows.shape[0], dtype=torch.float64,
-                                            device=rows.device),
-                                 cap.reshape(-1), [b.scores[rows, experts]])
-    kept = torch.zeros_like(cand)
-    kept[rows[admitted], cols[admitted]] = True
+    cand_ids, cand, kept = admit_local_candidates(b, src, placement.long().to(b.ids.device),
+                                                  cap.reshape(-1))
     added = kept.clone()
     added[:, :top_k] = False
-    exchange = exchange_bytes(src, rows, experts, cap[:, 0], b.num_experts, key_bytes=4)
+    exchange = exchange_bytes(src, cand_ids, cand, cap[:, 0], b.num_experts, key_bytes=4)
     return finish_plan(b, cand_ids, kept, added, plan_capacity(cap, scope),
                        torch.ones(b.num_layers, b.num_tokens, device=kept.device), exchange)

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 
 from macssim._errors import PolicyError
-from macssim.policies._capacity import admit_by_priority, check_placement
+from macssim.policies._capacity import check_placement
 from macssim.policies._common import (
     LayerBatch,
     entropy_weights,
@@ -29,7 +29,13 @@ from macssim.policies._common import (
     visual_mask,
 )
 from macssim.policies._plan import DispatchPlan
-from macssim.policies._scope import SCOPES, Sources, exchange_bytes, local_candidates, sources
+from macssim.policies._scope import (
+    SCOPES,
+    Sources,
+    admit_local_candidates,
+    exchange_bytes,
+    sources,
+)
 from macssim.policies.token_drop import plan_capacity
 
 __all__ = ["MacsParams", "entropy_weights", "macs", "modality_capacity", "semantic_reroute"]
@@ -111,8 +117,7 @@ def modality_capacity(weights: torch.Tensor, modality: torch.Tensor,
 
 def semantic_reroute(b: LayerBatch, weights: torch.Tensor, capacity: torch.Tensor,
                      src: Sources, expert_gpu: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                torch.Tensor]:
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step 3, on Expanded Drop's footing. A token's candidates are its top-k plus the
     experts of its own GPU (local semantic rerouting: no extra communication). All
     candidates are admitted in one global order, heaviest w first (then router score,
@@ -122,21 +127,14 @@ def semantic_reroute(b: LayerBatch, weights: torch.Tensor, capacity: torch.Tenso
     Args:
         b: the layers in row layout; weights: [B, T] w(x); capacity: [B, S, E].
     Returns:
-        (candidate ids [R, k + M], kept [R, k + M], added [R, k + M], candidate rows,
-        candidate experts).
+        (candidate ids [R, k + M], candidates [R, k + M], kept [R, k + M], added
+        [R, k + M]: kept beyond the router's k).
     """
-    w_row = weights.reshape(-1)                                          # [R]
-    cand_ids, cand = local_candidates(b.ids, b.scores, src, expert_gpu)
-    rows, cols = torch.nonzero(cand, as_tuple=True)
-    experts = cand_ids[rows, cols]
-    w_cand = w_row[rows]
-    admitted = admit_by_priority(src.bucket(rows, experts, b.num_experts), w_cand.double(),
-                                 capacity.reshape(-1), [w_cand, b.scores[rows, experts]])
-    kept = torch.zeros_like(cand)
-    kept[rows[admitted], cols[admitted]] = True
+    cand_ids, cand, kept = admit_local_candidates(b, src, expert_gpu, capacity.reshape(-1),
+                                                  row_weight=weights.reshape(-1))
     added = kept.clone()
     added[:, :b.top_k] = False
-    return cand_ids, kept, added, rows, experts
+    return cand_ids, cand, kept, added
 
 
 MACS_KEY_BYTES = 8
@@ -182,9 +180,9 @@ def macs(scores: torch.Tensor, *, top_k: int, placement: torch.Tensor,
                         segment=src.token_source, num_segments=src.num_sources)   # [B, T]
     cap = modality_capacity(w, b.modality, expert_labels.to(b.scores.device), src,
                             b.num_experts, top_k, params)
-    cand_ids, kept, added, rows, experts = semantic_reroute(
+    cand_ids, cand, kept, added = semantic_reroute(
         b, w, cap, src, placement.long().to(b.scores.device))
-    exchange = exchange_bytes(src, rows, experts, cap[:, 0], b.num_experts,
+    exchange = exchange_bytes(src, cand_ids, cand, cap[:, 0], b.num_experts,
                               key_bytes=MACS_KEY_BYTES, stats_bytes=MACS_STATS_BYTES)
     return finish_plan(b, cand_ids, kept, added, plan_capacity(cap, params.scope), w,
                        exchange)

@@ -58,8 +58,7 @@ def token_drop(scores: torch.Tensor, *, top_k: int, capacity_factor: float = 1.0
     src = sources(scope, token_gpu, placement, b.num_layers, b.num_tokens, "token-drop")
     cap = bucket_capacity(src, top_k, b.num_experts, capacity_factor)
     kept = keep_within_capacity(b, src, cap, drop_policy)
-    rows = torch.arange(b.ids.shape[0], device=kept.device).repeat_interleave(top_k)
-    exchange = exchange_bytes(src, rows, b.ids.reshape(-1), cap[:, 0], b.num_experts,
+    exchange = exchange_bytes(src, b.ids, None, cap[:, 0], b.num_experts,
                               key_bytes=4 if drop_policy == "probs" else 0)
     return finish_plan(b, b.ids, kept, torch.zeros_like(kept), plan_capacity(cap, scope),
                        torch.ones(b.num_layers, b.num_tokens, device=kept.device), exchange)

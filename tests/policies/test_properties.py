@@ -290,3 +290,33 @@ def test_macs_with_labels_and_steep_weights_terminates(small_trace):
         modality=torch.from_numpy(step.modality), entropy=torch.from_numpy(step.entropy),
         topk_ids=torch.from_numpy(step.topk_ids), expert_labels=labels)
     assert plan.kept.shape[:-1] == step.topk_ids.shape[:-1]
+
+
+@SETTINGS
+@given(st.one_of(batches(), batches(max_tokens=400)), st.integers(1, 3), SCOPE,
+       st.sampled_from(["token-drop", "expanded-drop", "macs"]))
+def test_compiled_cpu_admission_equals_the_vectorised_path(b, layers, scope, name):
+    """The CPU runs admission as compiled loops, CUDA as whole-array sorts: one plan.
+    Layers repeat the batch with shuffled scores, so that buckets of several layers mix."""
+    import macssim.policies._capacity as capacity
+
+    g = torch.Generator().manual_seed(layers)
+    scores = torch.stack([b["scores"]] + [b["scores"][:, torch.randperm(
+        b["scores"].shape[1], generator=g)] for _ in range(layers - 1)])
+    entropy = b["entropy"].expand(layers, -1)
+    policy = get_policy(name, capacity_factor=b["gamma"], scope=scope)
+
+    def plan(compiled):
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(capacity, "COMPILED_ON_CPU", compiled)
+            return policy(scores, top_k=b["k"], placement=b["placement"],
+                          token_gpu=b["token_gpu"], modality=b["modality"], entropy=entropy,
+                          expert_labels=b["labels"])
+
+    fast, vectorised = plan(True), plan(False)
+    assert torch.equal(fast.expert_ids, vectorised.expert_ids)
+    assert torch.equal(fast.kept, vectorised.kept)
+    assert torch.equal(fast.rerouted, vectorised.rerouted)
+    assert fast.drops == vectorised.drops
+    if fast.exchange_bytes is not None:
+        assert torch.equal(fast.exchange_bytes, vectorised.exchange_bytes)
