@@ -105,7 +105,7 @@ def test_token_drop_is_always_the_baseline(small_trace):
 def test_report_files_and_run_record(result, tmp_path):
     report = write_report(result, tmp_path / "rep", command_line=["macssim", "replay"])
     names = set(report.files)
-    for f in ("summary.csv", "layers.csv", "steps.csv", "phases.csv", "drops.csv",
+    for f in ("summary.csv", "layers.csv", "steps.csv", "phases.parquet", "drops.csv",
               "load_heatmap.png", "straggler_per_layer.png", "latency_cdf.png", "run.json",
               "timeline-macs.json"):
         assert f in names
@@ -164,9 +164,16 @@ def test_cli_replay_prints_table_and_writes_report(small_trace, tmp_path):
     assert (out / "summary.csv").exists()
     import pandas as pd
 
-    phases = pd.read_csv(out / "phases.csv")  # streamed during the replay
+    phases = pd.read_parquet(out / "phases.parquet")  # streamed during the replay
     assert set(phases.policy) == {"macs", "token-drop"} and set(phases.step) == {0, 1}
     assert (phases.end_s >= phases.start_s).all()
+    assert not (out / "phases.csv").exists()
+    # The streamed rows are the in-memory replay's rows, value for value.
+    from macssim.replay import replay as run_replay
+
+    held = run_replay(config(small_trace, policies=("macs", "token-drop"), max_steps=2)).phases
+    pd.testing.assert_frame_equal(phases.astype({"policy": object, "phase": object}),
+                                  held.reset_index(drop=True), check_dtype=False)
 
 
 def test_cli_failure_leaves_no_report_directory(small_trace, tmp_path):

@@ -15,8 +15,10 @@ A run killed mid-way leaves its temporary directory (``.NAME.macssim-tmp-PID``);
 run beside it removes those whose process is gone.
 
 The per-phase table grows with every step (GPUs × layers × phases × policies rows), so
-``ReportWriter.append_phases`` streams it to ``phases.csv`` as the replay runs instead of
-holding it in memory."""
+``ReportWriter.append_phases`` streams it to ``phases.parquet`` as the replay runs, one
+row group per policy × step, instead of holding it in memory: columnar and zstd-compressed,
+with policy and phase names dictionary-encoded, it is a small fraction of the CSV it
+replaces (docs/cluster.md has the figures) and reads with ``pandas.read_parquet``."""
 
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from macssim._errors import ReportError
 from macssim._process import process_alive
@@ -35,7 +39,15 @@ from macssim.replay import ReplayResult
 from macssim.report._plots import plot_latency_cdf, plot_load_heatmap, plot_straggler_per_layer
 from macssim.report._summary import summarize
 
-__all__ = ["MANIFEST", "Report", "ReportError", "ReportWriter", "write_report"]
+__all__ = ["MANIFEST", "PHASES_SCHEMA", "Report", "ReportError", "ReportWriter", "write_report"]
+
+PHASES_SCHEMA = pa.schema([
+    ("policy", pa.dictionary(pa.int8(), pa.string())),
+    ("step", pa.int32()), ("layer", pa.int16()), ("gpu", pa.int32()),
+    ("phase", pa.dictionary(pa.int8(), pa.string())),
+    ("start_s", pa.float64()), ("end_s", pa.float64()), ("duration_s", pa.float64())])
+"""``phases.parquet``: one row per GPU, layer and phase of every step and policy."""
+
 
 MANIFEST = ".macssim-report.json"
 """Written last into every report: the files macssim put there, so a later run can tell
@@ -62,7 +74,8 @@ class ReportWriter:
         """Where the report will be: ``out_dir``, or beside it when that holds an earlier
         report and ``force`` is false."""
         self._tmp_dir: Path | None = None
-        self._phases_written = False
+        self._phases = None
+        """pyarrow ParquetWriter of ``phases.parquet``, open while phases stream in."""
         self._report: Report | None = None
 
     @property
@@ -82,9 +95,16 @@ class ReportWriter:
         return self._tmp_dir
 
     def append_phases(self, phases: pd.DataFrame) -> None:
-        phases.to_csv(self._tmp / "phases.csv", mode="a", index=False,
-                      header=not self._phases_written)
-        self._phases_written = True
+        table = pa.Table.from_pandas(phases, schema=PHASES_SCHEMA, preserve_index=False)
+        if self._phases is None:
+            self._phases = pq.ParquetWriter(self._tmp / "phases.parquet", PHASES_SCHEMA,
+                                            compression="zstd")
+        self._phases.write_table(table)
+
+    def _close_phases(self) -> None:
+        if self._phases is not None:
+            self._phases.close()
+            self._phases = None
 
     def finish(self, result: ReplayResult, command_line: list[str]) -> Report:
         """CSVs (summary, layers, steps, drops; phases unless streamed), PNG plots, the
@@ -102,6 +122,7 @@ class ReportWriter:
         plot_load_heatmap(result.gpu_load, tmp / "load_heatmap.png")
         plot_straggler_per_layer(result.layers, result.policies, tmp / "straggler_per_layer.png")
         plot_latency_cdf(result.layers, result.policies, tmp / "latency_cdf.png")
+        self._close_phases()
         for name, doc in result.timelines.items():
             (tmp / f"timeline-{name}.json").write_text(json.dumps(doc))
         run = {
@@ -123,6 +144,7 @@ class ReportWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self._close_phases()
         if exc_type is not None or self._report is None:
             if self._tmp_dir is not None:
                 shutil.rmtree(self._tmp_dir, ignore_errors=True)
