@@ -2,10 +2,9 @@
 
 Each axis names its YAML key (plural, a list of values), its command-line flag (a
 comma-separated list), the table column its value goes to, how one value is read from a
-flag and checked, and which ``ReplayConfig`` field it sets. Adding an axis — arrival
-rates once serving replay lands, placements, redundant experts — is one ``Axis(...)``
-line here plus the field it sets; the cartesian product, the point identity, the flags,
-the YAML reader and the table's columns all follow from the table.
+flag and checked, and which ``ReplayConfig`` field it sets. Adding an axis is one
+``Axis(...)`` line here plus the field it sets; the cartesian product, the point identity,
+the flags, the YAML reader and the table's columns all follow from the table.
 
 Policies are not an axis: every point replays all of the sweep's policies side by side
 (one row per policy), because a replay plans each step under every policy together and
@@ -22,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from macssim._errors import MacssimError
-from macssim._validate import Limits, brief, check_number, check_text
+from macssim._validate import Limits, brief, check_int, check_number, check_text
 
-__all__ = ["AXES", "Axis", "SweepError", "axis"]
+__all__ = ["AXES", "Axis", "SweepError", "axis", "meaningful"]
 
 
 class SweepError(MacssimError):
@@ -116,6 +115,30 @@ def _engines() -> list[str]:
     return ["topology", *ENGINES]
 
 
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return text  # type: ignore[return-value]  # the check names it
+
+
+def _check_redundant(value: Any, where: str, field: str) -> int:
+    return check_int(value, where, field, low=0, high=65536, error=SweepError)
+
+
+def _placements() -> list[str]:
+    from macssim.placement import PLACEMENTS
+
+    return list(PLACEMENTS)
+
+
+def meaningful(axes: dict[str, Any]) -> bool:
+    """Whether a combination of axis values is a configuration at all: redundant expert
+    slots exist only under EPLB, so contiguous × N > 0 is left out of the product
+    (contiguous × 0 and eplb × every N stay)."""
+    return not (axes.get("placement") == "contiguous" and axes.get("redundant_experts", 0))
+
+
 @dataclass(frozen=True)
 class Axis:
     """One dimension of the cartesian product."""
@@ -153,6 +176,12 @@ AXES: tuple[Axis, ...] = (
     Axis("alltoall", "alltoall", "--alltoall", str, _check_choice_from(_engines, "engine"),
          ("topology",), "alltoall",
          "all-to-all engines; 'topology' runs the topology's own"),
+    Axis("placement", "placements", "--placement", str,
+         _check_choice_from(_placements, "placement"), ("contiguous",), "placement",
+         "expert placements (contiguous, eplb)"),
+    Axis("redundant_experts", "redundant_experts", "--redundant-experts", _int,
+         _check_redundant, (0,), "redundant_experts",
+         "EPLB's extra expert slots (with placement eplb; contiguous takes only 0)"),
 )
 """Outermost first: the product varies the last axis fastest."""
 

@@ -20,7 +20,7 @@ from macssim._validate import (
     load_yaml,
     mapping,
 )
-from macssim.sweep._axes import AXES, SweepError
+from macssim.sweep._axes import AXES, SweepError, meaningful
 
 __all__ = ["MAX_POINTS", "Point", "SweepSpec", "load_sweep", "make_sweep"]
 
@@ -88,17 +88,22 @@ class SweepSpec:
         return [a.name for a in AXES if a.name not in ("trace", "scenario") or a.name == source]
 
     def points(self) -> list[Point]:
+        """The product, less combinations that are no configuration (``meaningful``)."""
         names = self.active_axes()
-        combos = itertools.product(*(self.values[n] for n in names))
-        return [Point(index=i, axes=dict(zip(names, combo, strict=True)),
-                      settings=dict(self.settings))
-                for i, combo in enumerate(combos)]
+        combos = (dict(zip(names, combo, strict=True))
+                  for combo in itertools.product(*(self.values[n] for n in names)))
+        return [Point(index=i, axes=axes, settings=dict(self.settings))
+                for i, axes in enumerate(a for a in combos if meaningful(a))]
 
     def num_points(self) -> int:
-        n = 1
+        """``len(points())`` without building them (the product may be huge)."""
+        full = 1
         for name in self.active_axes():
-            n *= len(self.values[name])
-        return n
+            full *= len(self.values[name])
+        placements, redundant = self.values["placement"], self.values["redundant_experts"]
+        pairs = len(placements) * len(redundant)
+        left_out = placements.count("contiguous") * sum(1 for n in redundant if n)
+        return full // pairs * (pairs - left_out) if pairs else full
 
 
 def make_sweep(values: dict[str, Any], settings: dict[str, Any] | None = None, *,

@@ -167,3 +167,18 @@ def test_killed_with_sigkill_mid_sweep_then_resumed_equals_uninterrupted(referen
     assert outcome.skipped == len(done)
     assert out.read_bytes() == expected
     assert not list(tmp_path.glob(".*macssim-tmp*"))  # a dead run's temporary is removed
+
+
+def test_placement_axes_reach_the_replay(small_trace, tmp_path):
+    """An eplb point with redundant slots replays on EPLB (its imbalance is no worse than
+    contiguous's without capacity), and the table names the placement of every row."""
+    spec = small_sweep(small_trace, capacity_factor=[1.0], precision=["bf16"],
+                       placement=["contiguous", "eplb"], redundant_experts=[0, 8])
+    path = tmp_path / "placements.parquet"
+    outcome = run_sweep(spec, path)
+    assert (outcome.ran, outcome.failed) == (3, 0)
+    rows, _ = read_results(path)
+    imbalance = {(r["placement"], r["redundant_experts"]): r["imbalance_mean"] for r in rows
+                 if r["policy"] == "token-drop" and r["kind"] == "prefill"}
+    assert set(imbalance) == {("contiguous", 0), ("eplb", 0), ("eplb", 8)}
+    assert imbalance[("eplb", 8)] != imbalance[("contiguous", 0)]

@@ -95,3 +95,18 @@ def test_yaml_sweep_paths_are_relative_to_the_file_and_errors_name_it(tmp_path, 
         for p, c in zip("abcdefg", "bcdefgh", strict=True)))
     with pytest.raises(SweepError, match="alias bomb"):
         load_sweep(f)
+
+
+def test_redundant_experts_pair_only_with_eplb():
+    """contiguous × N > 0 is no configuration: left out, and counted out."""
+    spec = make_sweep({"placement": ["contiguous", "eplb"], "redundant_experts": [0, 8, 16],
+                       "capacity_factor": [1.0, 1.25]})
+    points = spec.points()
+    combos = {(p.axes["placement"], p.axes["redundant_experts"]) for p in points}
+    assert combos == {("contiguous", 0), ("eplb", 0), ("eplb", 8), ("eplb", 16)}
+    assert spec.num_points() == len(points) == 8
+    assert [p.index for p in points] == list(range(8))
+    with pytest.raises(SweepError, match="unknown placement 'ring'"):
+        make_sweep({"placement": ["ring"]})
+    with pytest.raises(SweepError, match="redundant_experts"):
+        make_sweep({"redundant_experts": [-1]})
