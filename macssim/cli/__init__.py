@@ -33,7 +33,8 @@ def main() -> None:
 def _register() -> None:
     import importlib
 
-    for module in ("trace", "synth", "replay", "capture", "cost", "serve", "sweep", "recommend"):
+    for module in ("trace", "synth", "replay", "capture", "cost", "serve", "sweep", "recommend",
+                   "report"):
         try:
             mod = importlib.import_module(f"macssim.cli.{module}")
         except ModuleNotFoundError as e:

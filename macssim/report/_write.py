@@ -134,6 +134,17 @@ class ReportWriter:
             "score_gaps": result.score_gaps,
         }
         (tmp / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+        return self.seal(summary)
+
+    @property
+    def staging(self) -> Path:
+        """The temporary directory to write the report's files into."""
+        return self._tmp
+
+    def seal(self, summary: pd.DataFrame) -> Report:
+        """Write the manifest of what ``staging`` holds: the report is complete, and the
+        ``with`` block's end moves it into place."""
+        tmp = self._tmp
         files = tuple(sorted(p.name for p in tmp.iterdir()))
         manifest = {"macssim_report": 1, "files": list(files)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
