@@ -130,6 +130,13 @@ METRICS: tuple[Metric, ...] = (
     Metric("straggler_share", "fraction", "run",
            "Sum of `straggler_delay_s` over sum of `moe_latency_s`: the part of MoE time "
            "spent waiting for the slowest GPU (in a serving run, summed over its steps)."),
+    Metric("tokens_per_s_per_gpu", "tokens/s", "run",
+           "Sweep report: a configuration's `tokens_per_s` over all steps divided by its "
+           "GPUs (the y axis of the Pareto front)."),
+    Metric("tokens_per_s_per_user", "tokens/s", "run",
+           "Sweep report: 1 / mean `step_latency_s` of the decode steps, the rate at which "
+           "each live sequence gets its tokens (all steps when the trace has no decode "
+           "step; the x axis of the Pareto front)."),
     Metric("<metric>_vs_token_drop", "ratio", "run",
            "A policy's summary figure over token-drop's, from the same replay."),
     Metric("queue_s", "s", "request",

@@ -173,7 +173,7 @@ def _plot_pareto(ok: pd.DataFrame, scope: str):
     decode = ok[ok.kind == "decode"].set_index(["point_index", "policy"])
     latency = decode.step_latency_mean_s.reindex(every.index)
     latency = latency.fillna(every.step_latency_mean_s)
-    per_user = 1.0 / latency
+    per_user = 1.0 / latency                              # tokens_per_s_per_user
     per_gpu = every.tokens_per_s_per_gpu
     fig, ax = _figure("Throughput per GPU against throughput per user", scope)
     for name in _policies(ok):
@@ -182,8 +182,8 @@ def _plot_pareto(ok: pd.DataFrame, scope: str):
         line = ax.scatter(x, y, label=name, alpha=0.75)
         front = _pareto_front(x, y)
         ax.plot(x[front], y[front], color=line.get_facecolor()[0], linewidth=1.2)
-    ax.set_xlabel("tokens/s per user (1 / decode step latency)")
-    ax.set_ylabel("tokens/s per GPU")
+    ax.set_xlabel("tokens_per_s_per_user (1 / decode step latency)")
+    ax.set_ylabel("tokens_per_s_per_gpu")
     ax.legend()
     return fig
 
