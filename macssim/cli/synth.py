@@ -60,6 +60,20 @@ def _print_summary(summary) -> None:
     click.echo(f"wrote {summary.path}")
 
 
+def _top_n(text: str, top_k: int, num_experts: int) -> int | str:
+    """--scores: "2k", "all", or an integer k < N (N >= E means all)."""
+    if text in ("2k", "all"):
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise click.BadParameter(f"expected 2k, all or an integer, got {text!r}",
+                                 param_hint="--scores") from None
+    if n <= top_k:
+        raise click.BadParameter(f"must exceed top_k = {top_k}, got {n}", param_hint="--scores")
+    return "all" if n >= num_experts else n
+
+
 @click.command("synth", context_settings={"max_content_width": 100})
 @click.option("--model", "model", default="qwen3-vl-30b-a3b", show_default=True,
               help="Model preset whose shape the trace takes (layers, experts, top-k).")
@@ -79,13 +93,20 @@ def _print_summary(summary) -> None:
                    f"at most {Limits.MAX_TOKENS_PER_STEP:,} tokens).")
 @click.option("--decode-steps", type=click.IntRange(0, Limits.MAX_STEPS), default=None,
               help="Override the scenario's decode steps after each prefill (tokens).")
+@click.option("--format", "trace_format", type=click.Choice(["v2", "v1"]), default="v2",
+              show_default=True, help="Trace format: v2 (compact: top-N scores, zstd) or v1 "
+              "(every score; docs/trace-format.md).")
+@click.option("--scores", "top_n", default="2k", show_default=True, metavar="2k|N|all",
+              help="v2: router scores kept per token-layer: the top 2·k, the top N (> k), or "
+                   "all. Expanded Drop and MACS rank a token's local experts only among kept "
+                   "scores (docs/trace-format.md says what they lose).")
 @click.option("--compress/--no-compress", default=False, show_default=True,
-              help="zlib-compress each step (smaller file, slower to write and read).")
+              help="v1 only: zlib-compress each step (v2 always compresses, with zstd).")
 @click.option("--list-scenarios", is_flag=True,
               help="List the bundled scenarios and exit.")
 def command(model: str, scenario: str, steps: int, seed: int, out: str | None,
-            force: bool, batch_size: int | None, decode_steps: int | None, compress: bool,
-            list_scenarios: bool) -> None:
+            force: bool, batch_size: int | None, decode_steps: int | None, trace_format: str,
+            top_n: str, compress: bool, list_scenarios: bool) -> None:
     """Write a synthetic routing trace: realistic expert choices, router scores and
     feature entropies for a scenario's traffic, without a GPU or model weights.
 
@@ -102,7 +123,13 @@ def command(model: str, scenario: str, steps: int, seed: int, out: str | None,
     """
     from tqdm import tqdm
 
-    from macssim.trace import check_trace_target, get_model_preset, get_scenario, synthesize
+    from macssim.trace import (
+        check_trace_target,
+        estimate_trace_bytes,
+        get_model_preset,
+        get_scenario,
+        synthesize,
+    )
 
     try:
         if list_scenarios:
@@ -117,10 +144,25 @@ def command(model: str, scenario: str, steps: int, seed: int, out: str | None,
         # A scenario's name is free text: keep the default file name a plain one, here.
         path = out or f"{re.sub(r'[^A-Za-z0-9_.-]', '_', spec.name)[:100]}-seed{seed}.mtrace"
         check_trace_target(path, replace=force)
+        version = 2 if trace_format == "v2" else 1
+        scores = _top_n(top_n, facts.top_k, facts.num_experts)
+        if version == 1 and top_n != "2k":
+            raise click.BadParameter("format v1 keeps every score; --scores is for v2",
+                                     param_hint="--scores")
+        if version == 2 and compress:
+            click.echo("note: --compress only matters for v1; v2 always compresses (zstd)",
+                       err=True)
+            compress = False
+        tokens, size = estimate_trace_bytes(facts, spec, steps, format_version=version,
+                                            top_n=scores, compress=compress)
+        click.echo(f"writing {path}: about {tokens:,.0f} tokens, about "
+                   f"{_human_bytes(int(size))} (format {trace_format}"
+                   + (f", scores top {scores}" if version == 2 else "") + ")", err=True)
         with tqdm(total=steps, unit="step", desc="synth", leave=False) as bar:
             summary = synthesize(path, model=facts, scenario=spec, num_steps=steps,
-                                 seed=seed, compress=compress,
-                                 on_step=lambda step: bar.update(1), replace=force)
+                                 seed=seed, compress=compress, format_version=version,
+                                 top_n=scores, on_step=lambda step: bar.update(1),
+                                 replace=force)
     except MacssimError as e:
         raise click.ClickException(str(e)) from e
     _print_summary(summary)

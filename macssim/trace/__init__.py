@@ -28,7 +28,13 @@ from macssim.trace._scenario import (
 )
 from macssim.trace._step import unscored_experts_per_gpu
 from macssim.trace._summary import TraceSummary, summarize_trace
-from macssim.trace._synth import SynthSummary, synthesize, synthetic_steps
+from macssim.trace._synth import (
+    BYTES_PER_TOKEN_LAYER,
+    SynthSummary,
+    estimate_trace_bytes,
+    synthesize,
+    synthetic_steps,
+)
 
 __all__ = [
     "DEFAULT_TOP_N",
@@ -54,6 +60,8 @@ __all__ = [
     "open_trace",
     "summarize_trace",
     "synthesize",
+    "estimate_trace_bytes",
+    "BYTES_PER_TOKEN_LAYER",
     "synthetic_steps",
     "unscored_experts_per_gpu",
     "write_trace",

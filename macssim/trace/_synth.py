@@ -39,7 +39,8 @@ from macssim.trace._routing_model import (
 )
 from macssim.trace._scenario import Scenario, get_scenario
 
-__all__ = ["SynthSummary", "synthesize", "synthetic_steps"]
+__all__ = ["BYTES_PER_TOKEN_LAYER", "SynthSummary", "estimate_trace_bytes", "synthesize",
+           "synthetic_steps"]
 
 TEMPLATE_TOKENS = 16
 """Prompt text tokens placed before the media (chat template, system prompt); the rest of
@@ -253,18 +254,23 @@ def synthesize(out: str | os.PathLike, *, model: ModelFacts | str = "qwen3-vl-30
                scenario: Scenario | str = "docvqa", num_steps: int = 64, seed: int = 0,
                knobs: RoutingKnobs | None = None, compress: bool = False,
                on_step: Callable[[Step], None] | None = None,
-               replace: bool = False) -> SynthSummary:
+               replace: bool = False, format_version: int = 2,
+               top_n: int | str | None = "2k") -> SynthSummary:
     """Generate a synthetic trace and write it to ``out`` (atomically), one step at a time.
 
     Args:
-        out: trace file to write (format v1).
+        out: trace file to write.
         model: a ``ModelFacts`` or a preset name (``qwen3-vl-30b-a3b``).
         scenario: a ``Scenario``, a bundled scenario name or a scenario YAML path.
         num_steps: steps in all, prefill and decode together.
         seed: every random draw follows from it; same seed, same bytes.
         replace: overwrite an earlier macssim trace at ``out`` (never another file).
         knobs: routing knobs; ``None`` takes the calibrated defaults.
-        compress: zlib-compress each step's payload.
+        compress: format v1 only: zlib-compress each step's payload (v2 always
+            compresses, with zstd).
+        format_version: 2 (default) or 1.
+        top_n: v2 only: router scores kept per token-layer: ``"2k"`` (the default), an
+            integer N > k, or ``"all"`` (docs/trace-format.md: what a policy loses).
         on_step: called after each step is written (a progress bar).
     """
     model, scenario, knobs = _resolve(model, scenario, num_steps, seed, knobs)
@@ -274,7 +280,8 @@ def synthesize(out: str | os.PathLike, *, model: ModelFacts | str = "qwen3-vl-30
     kinds = {"prefill": 0, "decode": 0}
     requests = 0
     with TraceWriter(out, model, provenance(model, scenario, knobs, seed, num_steps),
-                     compress=compress, replace=replace) as writer:
+                     compress=compress, replace=replace, format_version=format_version,
+                     top_n=top_n if format_version >= 2 else None) as writer:
         for step, layout in _steps_with_layout(model, scenario, num_steps, seed, knobs):
             writer.write(step)
             counts += np.bincount((step.topk_ids + offsets).ravel(), minlength=counts.size)
@@ -294,3 +301,33 @@ def synthesize(out: str | os.PathLike, *, model: ModelFacts | str = "qwen3-vl-30
         tokens_by_modality={m: int(n) for m, n in zip(MODALITIES, by_modality, strict=True)},
         expert_imbalance=tuple(float(x) for x in imbalance),
         file_bytes=Path(out).stat().st_size)
+
+
+BYTES_PER_TOKEN_LAYER = {("v1", "none"): 308.0, ("v1", "zlib"): 257.0, ("v2", "2k"): 33.5,
+                         ("v2", "all"): 204.0}
+"""Measured file bytes per token-layer (everything counted) for the Qwen3-VL-30B-A3B
+preset over the bundled scenarios, ``benchmarks/bench_trace_format.py``
+(docs/trace-format.md); v2 with N scores is interpolated between top-2k and all."""
+
+
+def estimate_trace_bytes(model: ModelFacts | str, scenario: Scenario | str, num_steps: int,
+                         *, format_version: int = 2, top_n: int | str | None = "2k",
+                         compress: bool = False) -> tuple[float, float]:
+    """(expected tokens, estimated file bytes) of a synthetic trace, before writing it:
+    the scenario's mean prompt per prefill request and one token per request per decode
+    step, times layers, times the measured bytes per token-layer of the format (scaled by
+    the model's experts relative to the 128 measured)."""
+    model, scenario, _ = _resolve(model, scenario, num_steps, 0, None)
+    cycle = 1 + scenario.decode_steps
+    prefills = -(-num_steps // cycle)
+    decodes = num_steps - prefills
+    tokens = scenario.batch_size * (prefills * scenario.mean_prompt_tokens() + decodes)
+    if format_version < 2:
+        per = BYTES_PER_TOKEN_LAYER[("v1", "zlib" if compress else "none")]
+        per = 52.0 + (per - 52.0) * model.num_experts / 128   # scores scale with E
+    else:
+        k, e = model.top_k, model.num_experts
+        n = e if top_n in (None, "all") else (2 * k if top_n == "2k" else min(int(top_n), e))
+        low, high = BYTES_PER_TOKEN_LAYER[("v2", "2k")], BYTES_PER_TOKEN_LAYER[("v2", "all")]
+        per = max(low + (high - low) * (n - 2 * k) / max(e - 2 * k, 1), 0.6 * low)
+    return tokens, tokens * model.num_moe_layers * per
