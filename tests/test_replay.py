@@ -161,6 +161,20 @@ def test_cli_replay_prints_table_and_writes_report(small_trace, tmp_path):
     assert res.exit_code == 0, res.output
     assert "straggler" in res.output and "macs" in res.output
     assert f"report: {out}" in res.output
+    # The workload line, from the trace's own first two steps.
+    from macssim.trace import open_trace
+
+    steps = [s for _, s in zip(range(2), open_trace(small_trace), strict=False)]
+    pre = [s for s in steps if s.kind == "prefill"]
+    dec = [s for s in steps if s.kind == "decode"]
+    requests = sum(len(set(s.request_id.tolist())) for s in pre)
+    line = (f"workload: {requests} request{'s' if requests != 1 else ''}, "
+            f"{sum(s.num_tokens for s in steps):,} tokens: 1 prefill step of "
+            f"{pre[0].num_tokens:,} prompt tokens")
+    if dec:
+        live = len(set(dec[0].request_id.tolist()))
+        line += f"; 1 decode step of {live} live sequence{'s' if live != 1 else ''}"
+    assert line in res.output, res.output
     assert (out / "summary.csv").exists()
     import pandas as pd
 

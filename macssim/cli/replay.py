@@ -238,11 +238,31 @@ def _placement_text(result) -> str:
             f"layer from the replayed steps' loads (layer 0 replicates: {shown or 'none'})")
 
 
+def _workload_text(steps) -> str:
+    """One line: what the replayed trace asks of the cluster (requests, tokens, steps)."""
+    one = steps[steps.policy == steps.policy.iloc[0]]
+    parts = []
+    for kind, noun in (("prefill", "prompt tokens"), ("decode", "live sequences")):
+        sel = one[one.kind == kind]
+        if sel.empty:
+            continue
+        size = sel.tokens if kind == "prefill" else sel.requests
+        span = (f"{size.iloc[0]:,}" if size.min() == size.max()
+                else f"{size.min():,}–{size.max():,} (mean {size.mean():,.0f})")
+        noun = noun[:-1] if span == "1" else noun
+        parts.append(f"{len(sel)} {kind} step{'s' if len(sel) > 1 else ''} of {span} {noun}")
+    requests = int(one[one.kind == "prefill"].requests.sum()) if (one.kind == "prefill").any() \
+        else int(one.requests.max())
+    return (f"{requests} request{'s' if requests != 1 else ''}, {int(one.tokens.sum()):,} "
+            f"tokens: " + "; ".join(parts))
+
+
 def _print_summary(summary, result) -> None:
     m = result.model
     click.echo(f"{m.name} on {result.topology.name}: {result.steps.step.nunique()} steps, "
                f"{m.num_moe_layers} MoE layers, E={m.num_experts}, k={m.top_k}, "
                f"γ={result.config.capacity_factor:g}")
+    click.echo(f"workload: {_workload_text(result.steps)}")
     click.echo(f"placement: {_placement_text(result)}")
     if "macs" in result.policies:
         calib = result.config.calibration_trace

@@ -20,7 +20,7 @@ __all__ = ["command"]
 @click.command("serve")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Trace whose requests' routing is replayed (default: the "
-              "bundled trace, one chart-QA request of 987 prompt tokens).")
+              "bundled trace, 16 chart, document and chat requests).")
 @click.option("--topology", default="8xH100", show_default=True,
               help="Preset name or topology YAML; one data-parallel attention rank per GPU.")
 @click.option("--policy", default="token-drop", show_default=True,

@@ -110,6 +110,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("moe_share", "fraction", "step",
            "Sum of the step's `moe_latency_s` over its `step_latency_s`: what a straggler "
            "saving is worth end to end."),
+    Metric("requests", "count", "step",
+           "Requests with tokens in the step (a prefill's prompts; a decode step's live "
+           "sequences)."),
     Metric("tokens_per_s", "tokens/s", "step",
            "Tokens in the step (prompt tokens for a prefill, one per request for a decode "
            "step) over `step_latency_s`."),

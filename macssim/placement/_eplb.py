@@ -206,10 +206,11 @@ def placements_from_trace(kind: str, trace, num_gpus: int, redundant_experts: in
     """One placement per MoE layer, as ``macssim replay --placement KIND`` runs them:
     ``contiguous`` (the same for every layer), or ``eplb`` built per layer from that
     layer's loads over the trace's first ``steps`` steps (None: all), as DeepSeek's code
-    does. Per layer because expert popularity differs by layer: on the bundled trace
-    each layer's hottest expert takes 5-14x the mean, while the loads summed over the
-    layers are nearly even (max/mean 1.7 per expert, 1.05 per contiguous GPU), so one
-    placement for all layers would leave most of the imbalance in place.
+    does. Per layer because expert popularity differs by layer: on the one-request trace
+    bundled before 2026-12-01 each layer's hottest expert takes 5-14x the mean, while the
+    loads summed over the layers are nearly even (max/mean 1.7 per expert, 1.05 per
+    contiguous GPU), so one placement for all layers would leave most of the imbalance in
+    place.
 
     ``num_groups`` is 1 because the trace's model facts carry no expert groups (as vLLM
     does for models without group-limited routing): global on several nodes.

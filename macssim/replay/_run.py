@@ -324,7 +324,8 @@ def replay(config: ReplayConfig,
         base = {"policy": name, "kind": step.kind, "tokens": step.num_tokens}
         for rec, drops in zip(result.layers, per_layer_drops, strict=True):
             layer_rows.append({**base, **rec.to_dict(), **_drop_columns(drops)})
-        step_rows.append({**base, **result.to_dict()})
+        step_rows.append({**base, "requests": int(np.unique(step.request_id).size),
+                          **result.to_dict()})
         for rec in result.gpu_layers:
             gpu_load[name][rec.layer, rec.gpu] += rec.expert_assignments
         phases = result.frames()["phases"]
