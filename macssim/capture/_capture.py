@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from macssim.capture._inputs import (
 )
 from macssim.capture._load import LoadedModel
 from macssim.capture._prompts import Prompt, builtin_prompts, load_inputs
-from macssim.trace import MODALITIES, Step, TraceWriter
+from macssim.trace import MODALITIES, Step, TraceWriter, bytes_per_token_layer
 
 __all__ = ["CaptureResult", "CaptureSettings", "capture_trace"]
 
@@ -48,14 +48,26 @@ class CaptureSettings:
     seed: int = 0
     """Seeds torch and the built-in images; decoding is greedy."""
     compress: bool = False
-    """zlib-compress each step record."""
+    """Format v1 only: zlib-compress each step record (v2 always compresses, zstd)."""
+    format_version: int = 2
+    """Trace format: 2 (top-N scores, zstd) or 1 (every score)."""
+    top_n: int | str = "2k"
+    """v2: router scores kept per token-layer: ``"2k"``, an integer N > k, or ``"all"``."""
+    sample: int = 1
+    """Run every ``sample``-th batch of the inputs only: a 1/sample slice of a long set."""
+    max_steps: int | None = None
+    """Write at most this many steps; the batches they need are run, no more."""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_tokens"):
+        for name in ("batch_size", "max_tokens", "sample"):
             if getattr(self, name) < 1:
                 raise CaptureError(f'"{name}" must be >= 1, got {getattr(self, name)}')
         if self.decode_steps < 0:
             raise CaptureError(f'"decode_steps" must be >= 0, got {self.decode_steps}')
+        if self.max_steps is not None and self.max_steps < 1:
+            raise CaptureError(f'"max_steps" must be >= 1, got {self.max_steps}')
+        if self.format_version not in (1, 2):
+            raise CaptureError(f'"format_version" must be 1 or 2, got {self.format_version}')
 
 
 @dataclass(frozen=True)
@@ -173,11 +185,13 @@ def capture_trace(out: str | os.PathLike, *, model: str | None = None, tiny: str
                   settings: CaptureSettings | None = None, revision: str | None = None,
                   device: str | None = None, dtype: str | None = None,
                   progress: bool = False, command: str | None = None,
-                  replace: bool = False) -> CaptureResult:
+                  replace: bool = False,
+                  on_estimate: Callable[[int, float], None] | None = None) -> CaptureResult:
     """Capture routing from ``model`` (hub id or checkpoint directory) or a ``tiny`` family
     model on ``inputs`` (a JSONL path, a list of prompts, or None for the built-in set)
-    and write it to ``out`` as a format-v1 trace (an earlier macssim trace there is
-    replaced only with ``replace``; any other file never)."""
+    and write it to ``out`` (format per ``settings``; an earlier macssim trace there is
+    replaced only with ``replace``; any other file never). ``on_estimate(tokens, bytes)``
+    is told the expected size once the model is loaded, before anything runs."""
     import torch
 
     settings = settings or CaptureSettings()
@@ -196,23 +210,39 @@ def capture_trace(out: str | os.PathLike, *, model: str | None = None, tiny: str
         session.video_mode = video_mode(session.processor, session.family, prompts)
     lengths = _lengths(session, prompts, settings.seed)
     batches = plan_batches(lengths, batch_size=settings.batch_size,
-                           max_tokens=settings.max_tokens)
+                           max_tokens=settings.max_tokens)[::settings.sample]
+    if settings.max_steps is not None:    # each batch writes a prefill and its decode steps
+        batches = batches[:-(-settings.max_steps // (1 + settings.decode_steps))]
+    prompts_run = sum(len(b) for b in batches)
     recorder = RoutingRecorder(session.model, session.family, name=session.model_id,
                                source=f"config.json of {session.model_id}")
     provenance = _provenance(session, settings, prompts, lengths, batches, command)
     kinds: Counter[str] = Counter()
     modalities: Counter[str] = Counter()
 
+    if on_estimate is not None:
+        facts = recorder.facts
+        steps = [(sum(lengths[i] for i in b), len(b)) for b in batches]
+        tokens = sum(p + settings.decode_steps * n for p, n in steps)
+        if settings.max_steps is not None:
+            tokens = min(tokens, _tokens_in_first(steps, settings.decode_steps,
+                                                  settings.max_steps))
+        on_estimate(tokens, tokens * facts.num_moe_layers * bytes_per_token_layer(
+            facts.num_experts, facts.top_k, format_version=settings.format_version,
+            top_n=settings.top_n, compress=settings.compress))
     with TraceWriter(out, recorder.facts, provenance, compress=settings.compress,
-                     replace=replace) as writer:
+                     replace=replace, format_version=settings.format_version,
+                     top_n=settings.top_n if settings.format_version >= 2 else None) as writer:
         def on_step(step: Step) -> None:
+            if settings.max_steps is not None and writer.num_steps >= settings.max_steps:
+                return
             writer.write(step)
             kinds[step.kind] += step.num_tokens
             for code, count in zip(*_counts(step.modality), strict=True):
                 modalities[MODALITIES[code]] += count
 
         recorder.on_step = on_step
-        bar = _progress(len(prompts), progress)
+        bar = _progress(prompts_run, progress)
         recorder.attach()
         try:
             for number, batch in enumerate(batches):
@@ -228,8 +258,21 @@ def capture_trace(out: str | os.PathLike, *, model: str | None = None, tiny: str
             bar.close()
         num_steps = writer.num_steps
     return CaptureResult(Path(out), session.model_id, session.family.name, session.device,
-                         len(prompts), len(batches), num_steps, dict(kinds), dict(modalities),
+                         prompts_run, len(batches), num_steps, dict(kinds), dict(modalities),
                          time.perf_counter() - started)
+
+
+def _tokens_in_first(batches: list[tuple[int, int]], decode_steps: int, steps: int) -> int:
+    """Tokens of the first ``steps`` steps, batches given as (prompt tokens, requests)."""
+    tokens = 0
+    for prompt, requests in batches:
+        if steps <= 0:
+            break
+        tokens += prompt
+        take = min(decode_steps, steps - 1)
+        tokens += take * requests
+        steps -= 1 + take
+    return tokens
 
 
 def _counts(modality: Any) -> tuple[list[int], list[int]]:

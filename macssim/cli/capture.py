@@ -42,15 +42,33 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
 def _capture(kwargs: dict) -> None:
     from macssim.capture import CaptureSettings, capture_trace
 
+    version = 2 if kwargs["trace_format"] == "v2" else 1
+    top_n = kwargs["scores"]
+    if top_n not in ("2k", "all"):
+        try:
+            top_n = int(top_n)
+        except ValueError:
+            raise click.BadParameter(f"expected 2k, all or an integer, got {top_n!r}",
+                                     param_hint="--scores") from None
+    if version == 1 and kwargs["scores"] != "2k":
+        raise click.BadParameter("format v1 keeps every score; --scores is for v2",
+                                 param_hint="--scores")
     settings = CaptureSettings(batch_size=kwargs["batch_size"], max_tokens=kwargs["max_tokens"],
                                decode_steps=kwargs["decode_steps"], seed=kwargs["seed"],
-                               compress=kwargs["compress"])
+                               compress=kwargs["compress"] and version == 1,
+                               format_version=version, top_n=top_n, sample=kwargs["sample"],
+                               max_steps=kwargs["steps"])
+
+    def estimate(tokens: int, size: float) -> None:
+        click.echo(f"writing {kwargs['out']}: about {tokens:,} tokens, about "
+                   f"{size / 1e6:,.1f} MB (format {kwargs['trace_format']})", err=True)
+
     result = capture_trace(kwargs["out"], model=kwargs["model"], tiny=kwargs["tiny"],
                            inputs=kwargs["inputs"], settings=settings,
                            revision=kwargs["revision"], device=kwargs["device"],
                            dtype=kwargs["dtype"], progress=kwargs["progress"],
                            command=shlex.join(["macssim", *sys.argv[1:]]),
-                           replace=kwargs["force"])
+                           replace=kwargs["force"], on_estimate=estimate)
     modal = ", ".join(f"{k} {v}" for k, v in sorted(result.tokens_by_modality.items()))
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(result.tokens_by_kind.items()))
     _table([("model", f"{result.model} ({result.family}) on {result.device}"),
@@ -104,8 +122,18 @@ def _import(kwargs: dict) -> None:
                    "\"images\" | \"video\" (frame files)}. Default: the built-in set (document, "
                    "chart, photo, video frames, text-only).")
 @click.option("--out", "-o", default="capture.mtrace", show_default=True,
-              type=click.Path(dir_okay=False), help="Trace file to write (format v1). An "
-              "existing file is never overwritten, except an earlier trace with --force.")
+              type=click.Path(dir_okay=False), help="Trace file to write. An existing file "
+              "is never overwritten, except an earlier trace with --force.")
+@click.option("--format", "trace_format", type=click.Choice(["v2", "v1"]), default="v2",
+              show_default=True, help="Trace format: v2 (compact: top-N scores, zstd) or v1 "
+              "(every score).")
+@click.option("--scores", default="2k", show_default=True, metavar="2k|N|all",
+              help="v2: router scores kept per token-layer (top 2·k, top N > k, or all).")
+@click.option("--steps", type=click.IntRange(1, Limits.MAX_STEPS), default=None,
+              help="Keep the first N steps only (the batches they need are run, no more).")
+@click.option("--sample", type=click.IntRange(1, Limits.MAX_STEPS), default=1,
+              show_default=True, help="Run every K-th batch of the inputs only: a 1/K slice "
+              "of a long input set.")
 @click.option("--force", is_flag=True, help="Replace an earlier macssim trace at --out.")
 @click.option("--batch-size", default=4, show_default=True,
               type=click.IntRange(1, Limits.MAX_BATCH),
@@ -127,7 +155,7 @@ def _import(kwargs: dict) -> None:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, Limits.MAX_SEED),
               help="Seed for torch and the built-in images (decoding is greedy).")
 @click.option("--compress/--no-compress", default=False, show_default=True,
-              help="zlib-compress each step of the trace.")
+              help="v1 only: zlib-compress each step (v2 always compresses, with zstd).")
 @click.option("--image-token-id", type=click.IntRange(0, Limits.MAX_HIDDEN),
               help="For imports: token id of image placeholders.")
 @click.option("--video-token-id", type=click.IntRange(0, Limits.MAX_HIDDEN),

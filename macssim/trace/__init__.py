@@ -31,6 +31,7 @@ from macssim.trace._summary import TraceSummary, summarize_trace
 from macssim.trace._synth import (
     BYTES_PER_TOKEN_LAYER,
     SynthSummary,
+    bytes_per_token_layer,
     estimate_trace_bytes,
     synthesize,
     synthetic_steps,
@@ -61,6 +62,7 @@ __all__ = [
     "summarize_trace",
     "synthesize",
     "estimate_trace_bytes",
+    "bytes_per_token_layer",
     "BYTES_PER_TOKEN_LAYER",
     "synthetic_steps",
     "unscored_experts_per_gpu",

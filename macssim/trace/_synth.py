@@ -39,8 +39,8 @@ from macssim.trace._routing_model import (
 )
 from macssim.trace._scenario import Scenario, get_scenario
 
-__all__ = ["BYTES_PER_TOKEN_LAYER", "SynthSummary", "estimate_trace_bytes", "synthesize",
-           "synthetic_steps"]
+__all__ = ["BYTES_PER_TOKEN_LAYER", "SynthSummary", "bytes_per_token_layer",
+           "estimate_trace_bytes", "synthesize", "synthetic_steps"]
 
 TEMPLATE_TOKENS = 16
 """Prompt text tokens placed before the media (chat template, system prompt); the rest of
@@ -310,24 +310,31 @@ preset over the bundled scenarios, ``benchmarks/bench_trace_format.py``
 (docs/trace-format.md); v2 with N scores is interpolated between top-2k and all."""
 
 
+def bytes_per_token_layer(num_experts: int, top_k: int, *, format_version: int = 2,
+                          top_n: int | str | None = "2k", compress: bool = False) -> float:
+    """Estimated file bytes per token-layer of a trace: the measured figures of
+    ``BYTES_PER_TOKEN_LAYER`` (128 experts), v1's scores scaled with the experts, v2 with N
+    scores interpolated between top-2k and all."""
+    if format_version < 2:
+        per = BYTES_PER_TOKEN_LAYER[("v1", "zlib" if compress else "none")]
+        return 52.0 + (per - 52.0) * num_experts / 128   # the scores scale with E
+    k, e = top_k, num_experts
+    n = e if top_n in (None, "all") else (2 * k if top_n == "2k" else min(int(top_n), e))
+    low, high = BYTES_PER_TOKEN_LAYER[("v2", "2k")], BYTES_PER_TOKEN_LAYER[("v2", "all")]
+    return max(low + (high - low) * (n - 2 * k) / max(e - 2 * k, 1), 0.6 * low)
+
+
 def estimate_trace_bytes(model: ModelFacts | str, scenario: Scenario | str, num_steps: int,
                          *, format_version: int = 2, top_n: int | str | None = "2k",
                          compress: bool = False) -> tuple[float, float]:
     """(expected tokens, estimated file bytes) of a synthetic trace, before writing it:
     the scenario's mean prompt per prefill request and one token per request per decode
-    step, times layers, times the measured bytes per token-layer of the format (scaled by
-    the model's experts relative to the 128 measured)."""
+    step, times layers, times ``bytes_per_token_layer``."""
     model, scenario, _ = _resolve(model, scenario, num_steps, 0, None)
     cycle = 1 + scenario.decode_steps
     prefills = -(-num_steps // cycle)
     decodes = num_steps - prefills
     tokens = scenario.batch_size * (prefills * scenario.mean_prompt_tokens() + decodes)
-    if format_version < 2:
-        per = BYTES_PER_TOKEN_LAYER[("v1", "zlib" if compress else "none")]
-        per = 52.0 + (per - 52.0) * model.num_experts / 128   # scores scale with E
-    else:
-        k, e = model.top_k, model.num_experts
-        n = e if top_n in (None, "all") else (2 * k if top_n == "2k" else min(int(top_n), e))
-        low, high = BYTES_PER_TOKEN_LAYER[("v2", "2k")], BYTES_PER_TOKEN_LAYER[("v2", "all")]
-        per = max(low + (high - low) * (n - 2 * k) / max(e - 2 * k, 1), 0.6 * low)
+    per = bytes_per_token_layer(model.num_experts, model.top_k, format_version=format_version,
+                                top_n=top_n, compress=compress)
     return tokens, tokens * model.num_moe_layers * per

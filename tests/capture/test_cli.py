@@ -213,3 +213,31 @@ def test_tiny_capture_with_decode_steps(family, batch_size, tmp_path):
             assert set(ids) <= live
             live = set(ids)
             np.testing.assert_array_equal(step.position, lengths[step.request_id] + t)
+
+
+def test_capture_keeps_a_slice_in_the_format_asked_and_estimates_first(tmp_path):
+    """--sample K runs every K-th batch, --steps N keeps the first N steps, --format and
+    --scores reach the file; the size estimate is printed before the run."""
+    full, part = tmp_path / "full.mtrace", tmp_path / "part.mtrace"
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"prompt": f"request {i}: " + "word " * (3 + i)}) + "\n"
+                              for i in range(5)))
+    common = ["--tiny", "mixtral", "--inputs", str(inputs), "--batch-size", "1",
+              "--decode-steps", "1", "--no-progress"]
+    res = CliRunner().invoke(main, ["capture", *common, "-o", str(full), "--format", "v1"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["capture", *common, "-o", str(part), "--sample", "2",
+                                    "--steps", "3", "--scores", "all"])
+    assert res.exit_code == 0, res.output
+    assert res.output.index("writing ") < res.output.index(f"wrote {part}")
+    whole, sliced = open_trace(full), open_trace(part)
+    assert whole.version == 1 and sliced.version == 2 and sliced.scores_complete
+    full_steps = list(whole)
+    # batch b (one request each) is steps 2b (prefill) and 2b + 1 (decode)
+    requests = [int(s.request_id[0]) for s in full_steps if s.kind == "prefill"]
+    assert len(requests) == 5
+    got = list(sliced)
+    assert len(got) == 3
+    assert [s.kind for s in got] == ["prefill", "decode", "prefill"]
+    assert [int(s.request_id[0]) for s in got[::2]] == requests[0:4:2]
+    np.testing.assert_array_equal(got[0].topk_ids, full_steps[0].topk_ids)
