@@ -149,6 +149,11 @@ def encode_filters(data: np.ndarray, filters: tuple[str, ...]) -> np.ndarray:
     return raw
 
 
+_CUMSUM_ROWS = 2048
+"""Below this many rows, ``np.cumsum`` undoes the delta filter faster than the column loop
+(measured on decode steps of 8 tokens × 48 layers: 384 rows)."""
+
+
 def decode_filters(raw: bytes | memoryview, offset: int, dtype: np.dtype,
                    shape: tuple[int, ...], filters: tuple[str, ...]) -> np.ndarray:
     """Undo ``encode_filters``: the array of ``shape`` and ``dtype`` whose stored bytes
@@ -157,19 +162,19 @@ def decode_filters(raw: bytes | memoryview, offset: int, dtype: np.dtype,
     width = dtype.itemsize
     if "shuffle" in filters and width > 1:
         planes = np.frombuffer(raw, dtype=np.uint8, count=count * width, offset=offset)
-        out = np.empty((count, width), dtype=np.uint8)
-        for b in range(width):
-            out[:, b] = planes[b * count:(b + 1) * count]
-        data = out.view(dtype).reshape(shape)
+        data = np.ascontiguousarray(planes.reshape(width, count).T).view(dtype).reshape(shape)
     else:
         data = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape)
     if "delta" in filters and data.ndim and data.shape[-1] > 1:
         # A running sum column by column (modulo 2^bits, as unsigned numpy adds wrap):
         # for short last axes far quicker than cumsum's per-row loop.
         u = data.view(_unsigned(dtype)).reshape(-1, data.shape[-1])
-        out = u.copy()
-        for j in range(1, out.shape[1]):
-            np.add(out[:, j - 1], out[:, j], out=out[:, j])
+        if u.shape[0] <= _CUMSUM_ROWS:   # small arrays: one call beats a call per column
+            out = np.cumsum(u, axis=1, dtype=u.dtype)
+        else:
+            out = u.copy()
+            for j in range(1, out.shape[1]):
+                np.add(out[:, j - 1], out[:, j], out=out[:, j])
         data = out.view(dtype).reshape(shape)
     return data
 

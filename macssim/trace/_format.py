@@ -659,7 +659,7 @@ class Trace:
             raise TraceError(f'{where}: "payload_bytes" is {payload_bytes}, but an '
                              f'uncompressed payload stores {stored_bytes} ("stored_bytes")')
         derived = self._check_derived(meta.get("derived", []), where)
-        specs = self._check_specs(meta["arrays"], payload_bytes, where)
+        specs = self._checked_specs(meta["arrays"], payload_bytes, where)
         stored = fh.read(stored_bytes)
         if len(stored) < stored_bytes:
             raise TraceError(f"{where}: truncated file: payload cut short")
@@ -783,6 +783,19 @@ class Trace:
             total += math.prod(dims[d] for d in template) * max(
                 np.dtype(d).itemsize for d in allowed)
         return total
+
+    def _checked_specs(self, specs: Any, payload_bytes: int, where: str) -> list[_Spec]:
+        """``_check_specs``, remembered: steps of one size (a trace's decode steps) describe
+        their arrays identically, and a description that passed once passes again. The key
+        is the description's text, so nothing unchecked is ever reused."""
+        key = (payload_bytes, repr(specs))
+        cache = self.__dict__.setdefault("_spec_cache", {})
+        hit = cache.get(key)
+        if hit is None:
+            hit = self._check_specs(specs, payload_bytes, where)
+            if len(cache) < 256:
+                cache[key] = hit
+        return hit
 
     def _check_specs(self, specs: Any, payload_bytes: int, where: str) -> list[_Spec]:
         """The ``arrays`` entries of a step's metadata, each checked to describe an array
