@@ -11,7 +11,8 @@ from macssim.cli._output import echo_table, library_errors
 
 __all__ = ["command"]
 
-_SHOWN = ("topology", "num_gpus", "capacity_factor", "precision", "alltoall_engine", "policy")
+_SHOWN = ("topology", "num_gpus", "capacity_factor", "precision", "alltoall_engine",
+          "placement", "redundant_experts", "arrival_rate", "policy")
 
 
 def _where(row: dict) -> str:
@@ -30,9 +31,10 @@ def _pct(m: float) -> str:
               help="A bound on a table figure, repeatable: moe_latency_p99_s<=0.0005, "
               "step_latency_mean_s<=0.05, dropped_semantic_mass_frac<=0.01, "
               "tokens_per_s>=20000 (docs/sweep.md lists them).")
-@click.option("--kind", type=click.Choice(["all", "prefill", "decode"]), default="all",
-              show_default=True, help="Which summary rows to judge: over all steps, or "
-              "prefill or decode steps only.")
+@click.option("--kind", type=click.Choice(["all", "prefill", "decode", "serve"]), default=None,
+              help="Which summary rows to judge: a replay's over all steps (the default), "
+              "or prefill or decode steps only; a serving sweep's (serve, the default when "
+              "the table has only those).")
 @click.option("--policy", "policies", default=None, metavar="P1,P2,…",
               help="Consider only these policies (default: every policy in the table).")
 def command(results, bounds, kind, policies) -> None:
@@ -49,14 +51,16 @@ def command(results, bounds, kind, policies) -> None:
       macssim recommend results.parquet --sla moe_latency_p99_s<=0.0003 \\
           --sla dropped_semantic_mass_frac<=0.2
     """
-    from macssim.sweep import parse_bound, read_results, recommend
+    from macssim.sweep import default_kind, parse_bound, read_results, recommend
 
     with library_errors():
         sla = [parse_bound(b) for b in bounds]
         rows, _ = read_results(results)
+        kind = kind or default_kind(rows)
         names = None if policies is None else [p.strip() for p in policies.split(",")]
         rec = recommend(rows, sla, kind=kind, policies=names)
-    click.echo(f"{rec.candidates} configurations considered ({kind} steps), {rec.meeting} "
+    what = "serving runs" if kind == "serve" else f"{kind} steps"
+    click.echo(f"{rec.candidates} configurations considered ({what}), {rec.meeting} "
                "meet the SLA" + (f"; {rec.failed_points} points failed and are not "
                                  "considered" if rec.failed_points else ""))
     click.echo("SLA: " + ", ".join(map(str, sla)))

@@ -23,8 +23,8 @@ __all__ = ["command"]
               help="A bound on a table figure, repeatable, as for `macssim recommend`: the "
               "page then shows the cheapest configuration meeting every bound, and the "
               "cheapest with MACS and with Token Drop beside it.")
-@click.option("--kind", type=click.Choice(["all", "prefill", "decode"]), default="all",
-              show_default=True, help="Which summary rows --sla judges.")
+@click.option("--kind", type=click.Choice(["all", "prefill", "decode", "serve"]), default=None,
+              help="Which summary rows --sla judges (as for `macssim recommend`).")
 def command(results, out_dir, force, bounds, kind) -> None:
     """Write a self-contained index.html from a sweep's RESULTS table (from `macssim
     sweep`), with each plot also as PNG and SVG and the table as results.csv.
@@ -46,11 +46,12 @@ def command(results, out_dir, force, bounds, kind) -> None:
 
     from macssim import __version__
     from macssim.report import Choice, write_sweep_report
-    from macssim.sweep import parse_bound, read_results, recommend
+    from macssim.sweep import default_kind, parse_bound, read_results, recommend
 
     with library_errors():
         rows, _ = read_results(results)
         sla = [parse_bound(b) for b in bounds]
+        kind = kind or default_kind(rows)
         choices = []
         if sla:
             for label, only in (("cheapest", None), ("cheapest with macs", ["macs"]),

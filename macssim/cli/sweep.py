@@ -74,6 +74,12 @@ class _Progress:
               help="Steps synthesised per scenario point (default: 8).")
 @click.option("--seed", type=click.IntRange(0, Limits.MAX_SEED), default=None,
               help="Seed of every point (default: 0).")
+@click.option("--requests", type=click.IntRange(1, Limits.MAX_STEPS), default=None,
+              help="Serving sweeps (--arrival-rate): requests each run serves (default: 32).")
+@click.option("--sla-ttft", type=float, default=None,
+              help="Serving sweeps: the SLA's time to first token, s (default: 2.0).")
+@click.option("--sla-tpot", type=float, default=None,
+              help="Serving sweeps: the SLA's time per output token, s (default: 0.03).")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("sweep.parquet"), show_default=True,
               help="Results table (Parquet). An existing file that is not a macssim sweep "
@@ -91,8 +97,8 @@ class _Progress:
 @click.option("--force", is_flag=True, help="Replace the sweep table at --out (only a "
               "macssim sweep table).")
 @click.option("--dry-run", is_flag=True, help="List the points and exit.")
-def command(spec, policies, steps, model, scenario_steps, seed, out, jobs, ray, resume, force,
-            dry_run, **axis_values) -> None:
+def command(spec, policies, steps, model, scenario_steps, seed, requests, sla_ttft, sla_tpot,
+            out, jobs, ray, resume, force, dry_run, **axis_values) -> None:
     """Replay every combination of the axes below and stream one row per point ×
     policy into a Parquet table, for `macssim recommend` and your own analysis.
 
@@ -112,13 +118,16 @@ def command(spec, policies, steps, model, scenario_steps, seed, out, jobs, ray, 
       macssim sweep --topology 8xH100,16xH100 --capacity-factor 1,1.25 --steps 4 -j 2
       macssim sweep sweep.yaml --out results.parquet --resume
       macssim sweep sweep.yaml --ray               # a local Ray instance
+      macssim sweep --arrival-rate 5,10,20 --topology 8xH100,16xH100 --policy macs,token-drop
+          # serving: each point serves Poisson arrivals, one row per policy (kind serve)
     """
     from macssim.sweep import load_sweep, make_sweep, run_sweep
 
     overrides = {ax.name: [ax.parse(v) for v in _split(axis_values[f"axis_{ax.name}"])]
                  for ax in AXES if axis_values[f"axis_{ax.name}"] is not None}
     settings = {"policies": policies, "steps": steps, "model": model,
-                "scenario_steps": scenario_steps, "seed": seed}
+                "scenario_steps": scenario_steps, "seed": seed, "requests": requests,
+                "sla_ttft": sla_ttft, "sla_tpot": sla_tpot}
     settings = {k: v for k, v in settings.items() if v is not None}
     with library_errors():
         if spec is not None:

@@ -46,6 +46,13 @@ TABLE_COLUMNS = ("point_index", "source", "topology", "num_gpus", "capacity_fact
                  "dropped_semantic_mass_frac", "tokens_lost_all_frac")
 """The sortable table's columns, over all steps (kind ``all``)."""
 
+SERVE_COLUMNS = ("point_index", "source", "topology", "num_gpus", "capacity_factor",
+                 "precision", "arrival_rate", "policy", "requests", "ttft_s_p90", "ttft_s_p99",
+                 "tpot_s_p90", "tpot_s_p99", "sla_ttft_s", "sla_tpot_s", "sla_attainment",
+                 "goodput_requests_per_s", "total_tokens_per_s", "gpu_utilisation",
+                 "straggler_share")
+"""The serving runs' table (kind ``serve``)."""
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -84,14 +91,33 @@ def write_sweep_report(rows: pd.DataFrame, out_dir: str | os.PathLike, *, source
                           f"{', '.join(repr(c) for c in missing)})")
     rows = _with_derived(rows)
     ok = rows[rows.status == "ok"]
-    scope = _scope(ok if not ok.empty else rows)
+    served = ok[ok.kind == "serve"]
+    ok = ok[ok.kind != "serve"]
+    scope = _scope(rows[rows.status == "ok"] if (rows.status == "ok").any() else rows)
     page = _Page(title=f"macssim sweep — {scope}")
     with ReportWriter(out_dir, force=force) as writer:
         out = writer.staging
-        if ok.empty:
+        if ok.empty and served.empty:
             page.sections.append(_section("No results", "<p>Every point of this sweep failed; "
                                           "their errors are listed below.</p>"))
-        else:
+        if not served.empty:
+            _add_plot(page, out, "goodput_vs_rate", _plot_goodput(served, scope),
+                      "Goodput against arrival rate",
+                      "Requests per second that met the SLA (TTFT and TPOT, stated in the "
+                      "table) against the Poisson arrival rate, per policy and topology; the "
+                      "dashed line is the offered load. Goodput counts requests over the "
+                      "run's whole duration, draining included, so with few requests per "
+                      "run it sits below the offered load even when every request meets "
+                      "the SLA (sla_attainment in the table says which).")
+            _add_plot(page, out, "serve_pareto", _plot_serve_pareto(served, scope),
+                      "Serving: throughput per GPU against throughput per user",
+                      "Each point is one serving run: all tokens per second over the run "
+                      "divided by the GPUs, against 1 / mean TPOT.")
+            if choices:
+                page.sections.append(_choices_section(choices, sla))
+            page.sections.append(_section("Every serving run", _table(
+                served, SERVE_COLUMNS, "serving")))
+        if not ok.empty:
             _add_plot(page, out, "pareto", _plot_pareto(ok, scope),
                       "Throughput per GPU against throughput per user",
                       "Each point is one configuration × policy. Per GPU: tokens/s over all "
@@ -99,7 +125,7 @@ def write_sweep_report(rows: pd.DataFrame, out_dir: str | os.PathLike, *, source
                       "live sequence, i.e. 1 / mean decode step latency (all steps when the "
                       "trace has no decode step). The line joins each policy's Pareto-"
                       "optimal points: none of the policy's other points is better on both.")
-            if choices:
+            if choices and served.empty:
                 page.sections.append(_choices_section(choices, sla))
             _add_plot(page, out, "latency_vs_drops", _plot_latency_vs_drops(ok, scope),
                       "MoE latency against dropped semantic mass",
@@ -127,7 +153,8 @@ def write_sweep_report(rows: pd.DataFrame, out_dir: str | os.PathLike, *, source
         page.sections.append(_provenance(source, command_line, versions, rows))
         rows.drop(columns=["source"]).to_csv(out / "results.csv", index=False)
         (out / "index.html").write_text(_render(page), encoding="utf-8")
-        return writer.seal(ok[ok.kind == "all"] if not ok.empty else rows)
+        return writer.seal(ok[ok.kind == "all"] if not ok.empty else
+                           served if not served.empty else rows)
 
 
 def _with_derived(rows: pd.DataFrame) -> pd.DataFrame:
@@ -184,6 +211,37 @@ def _plot_pareto(ok: pd.DataFrame, scope: str):
         ax.plot(x[front], y[front], color=line.get_facecolor()[0], linewidth=1.2)
     ax.set_xlabel("tokens_per_s_per_user (1 / decode step latency)")
     ax.set_ylabel("tokens_per_s_per_gpu")
+    ax.legend()
+    return fig
+
+
+def _plot_goodput(served: pd.DataFrame, scope: str):
+    fig, ax = _figure("Goodput against arrival rate", scope)
+    groups = served.groupby(["policy", "topology"], sort=False)
+    for (policy, topo), g in groups:
+        g = g.sort_values("arrival_rate")
+        label = policy if served.topology.nunique() == 1 else f"{policy}, {topo}"
+        ax.plot(g.arrival_rate, g.goodput_requests_per_s, marker="o", label=label)
+    top = float(served.arrival_rate.max())
+    ax.plot([0, top], [0, top], linestyle="--", color="grey", linewidth=1,
+            label="offered load")
+    ax.set_xlabel("arrival_rate (requests/s)")
+    ax.set_ylabel("goodput_requests_per_s")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _plot_serve_pareto(served: pd.DataFrame, scope: str):
+    fig, ax = _figure("Serving: throughput per GPU against throughput per user", scope)
+    for name in _policies(served):
+        sel = served[served.policy == name]
+        x = (1.0 / sel.tpot_s_mean).to_numpy()
+        y = (sel.total_tokens_per_s / sel.num_gpus).to_numpy()
+        line = ax.scatter(x, y, label=name, alpha=0.75)
+        front = _pareto_front(x, y)
+        ax.plot(x[front], y[front], color=line.get_facecolor()[0], linewidth=1.2)
+    ax.set_xlabel("tokens/s per user (1 / tpot_s_mean)")
+    ax.set_ylabel("total_tokens_per_s per GPU")
     ax.legend()
     return fig
 

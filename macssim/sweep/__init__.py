@@ -7,7 +7,14 @@ This is the public API of the stage; everything else in the folder is private.
 """
 
 from macssim.sweep._axes import AXES, Axis, SweepError
-from macssim.sweep._recommend import SLA_METRICS, Bound, Recommendation, parse_bound, recommend
+from macssim.sweep._recommend import (
+    SLA_METRICS,
+    Bound,
+    Recommendation,
+    default_kind,
+    parse_bound,
+    recommend,
+)
 from macssim.sweep._run import SweepOutcome, run_sweep
 from macssim.sweep._spec import MAX_POINTS, Point, SweepSpec, load_sweep, make_sweep
 from macssim.sweep._table import FIXED_COLUMNS, read_results
@@ -26,6 +33,7 @@ __all__ = [
     "SweepSpec",
     "load_sweep",
     "make_sweep",
+    "default_kind",
     "parse_bound",
     "read_results",
     "recommend",

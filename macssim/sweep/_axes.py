@@ -122,6 +122,11 @@ def _int(text: str) -> int:
         return text  # type: ignore[return-value]  # the check names it
 
 
+def _check_rate(value: Any, where: str, field: str) -> float:
+    return check_number(value, where, field, low=0.0, low_open=True, high=1e6,
+                        error=SweepError)
+
+
 def _check_redundant(value: Any, where: str, field: str) -> int:
     return check_int(value, where, field, low=0, high=65536, error=SweepError)
 
@@ -176,6 +181,9 @@ AXES: tuple[Axis, ...] = (
     Axis("alltoall", "alltoall", "--alltoall", str, _check_choice_from(_engines, "engine"),
          ("topology",), "alltoall",
          "all-to-all engines; 'topology' runs the topology's own"),
+    Axis("arrival_rate", "arrival_rates", "--arrival-rate", _float, _check_rate, (), None,
+         "Poisson arrival rates (requests/s): each point serves requests as `macssim serve` "
+         "does, one run per policy, instead of replaying the trace's batches"),
     Axis("placement", "placements", "--placement", str,
          _check_choice_from(_placements, "placement"), ("contiguous",), "placement",
          "expert placements (contiguous, eplb)"),

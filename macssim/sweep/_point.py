@@ -4,9 +4,10 @@
 policy × summary kind, or one error row: a failing point never stops the sweep. Torch
 gets one thread per worker, so N workers use N cores and not N × cores.
 
-What a point runs is decided here, from its axes: today a replay (of a trace, or of a
-scenario synthesised first). A serving run is one more branch — an ``arrival_rate`` axis
-that the runner reads itself, like ``scenario`` — returning its rows the same way."""
+What a point runs is decided here, from its axes: a replay (of a trace, or of a scenario
+synthesised first), or, when the point has an ``arrival_rate``, a serving run per policy
+(``macssim.serve``: Poisson arrivals at that rate, the sweep's ``requests`` and SLA),
+whose rows have kind ``serve`` and the serving figures (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from macssim import __version__
 from macssim._errors import MacssimError
-from macssim.sweep._axes import AXES, replay_value, trace_path
+from macssim.sweep._axes import AXES, SweepError, axis, replay_value, trace_path
 from macssim.sweep._spec import Point
 
 __all__ = ["run_point", "worker_init"]
@@ -67,7 +68,37 @@ def _replay_point(point: Point) -> list[dict[str, Any]]:
                        num_steps=point.settings["scenario_steps"], seed=point.settings["seed"])
         else:
             trace = trace_path(point.axes["trace"])
+        if "arrival_rate" in point.axes:
+            return _serve_rows(point, trace)
         return _replay_rows(point, trace)
+
+
+def _serve_rows(point: Point, trace: Path) -> list[dict[str, Any]]:
+    """One serving run per policy at the point's arrival rate: one ``serve`` row each."""
+    from macssim.serve import ServeConfig, Sla, serve
+
+    a, s = point.axes, point.settings
+    if a.get("placement", "contiguous") != "contiguous":
+        raise SweepError("a serving point runs on contiguous placement only (macssim serve "
+                         "does not model EPLB yet): drop --placement eplb from a sweep with "
+                         "--arrival-rate")
+    rows = []
+    for policy in s["policies"]:
+        config = ServeConfig(trace=trace, topology=a["topology"], policy=policy,
+                             capacity_factor=a["capacity_factor"], rate_per_s=a["arrival_rate"],
+                             num_requests=s["requests"], sla=Sla(s["sla_ttft"], s["sla_tpot"]),
+                             seed=s["seed"], precision=a["precision"],
+                             alltoall=replay_value(axis("alltoall"), a["alltoall"]),
+                             network_rtol=s["network_rtol"])
+        result = serve(config)
+        topo = result.topology
+        rows.append({"model": result.model.name, "num_gpus": topo.num_gpus,
+                     "nodes": topo.nodes, "gpu": topo.gpu.kind,
+                     "alltoall_engine": config.alltoall or topo.alltoall.engine,
+                     "trace_sha256": result.trace_sha256, "policy": policy, "kind": "serve",
+                     **{k: _plain(v) for k, v in result.summary.items()}})
+    return rows
+
 
 
 def _replay_rows(point: Point, trace: Path) -> list[dict[str, Any]]:

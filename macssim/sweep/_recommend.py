@@ -5,8 +5,8 @@ An SLA is a list of bounds on the table's figures (``moe_latency_p99_s<=0.0005``
 without error and meet every bound, the cheapest is, in this order:
 
 1. the fewest GPUs (``num_gpus``): the hardware bought or rented;
-2. then the fewest GPU-seconds per token (``num_gpus / tokens_per_s``): the same GPUs
-   serving more;
+2. then the fewest GPU-seconds per token (``num_gpus / tokens_per_s``; a serving row's
+   ``total_tokens_per_s``): the same GPUs serving more;
 3. then the least dropped semantic mass (``dropped_semantic_mass_frac``): the same cost
    for less quality lost;
 4. then the sweep's own order (point index, then policy order), so ties are stable.
@@ -27,7 +27,8 @@ from typing import Any
 from macssim._validate import brief
 from macssim.sweep._axes import SweepError
 
-__all__ = ["SLA_METRICS", "Bound", "Recommendation", "parse_bound", "recommend"]
+__all__ = ["SLA_METRICS", "Bound", "Recommendation", "default_kind", "parse_bound",
+           "recommend"]
 
 SLA_METRICS: dict[str, str] = {
     "moe_latency_p99_s": "<=",
@@ -42,9 +43,17 @@ SLA_METRICS: dict[str, str] = {
     "dropped_semantic_mass_frac": "<=",
     "tokens_lost_all_frac": "<=",
     "tokens_per_s": ">=",
+    # serving sweeps (kind "serve"; docs/metrics.md)
+    "ttft_s_mean": "<=", "ttft_s_p50": "<=", "ttft_s_p90": "<=", "ttft_s_p99": "<=",
+    "tpot_s_mean": "<=", "tpot_s_p50": "<=", "tpot_s_p90": "<=", "tpot_s_p99": "<=",
+    "e2e_latency_s_mean": "<=", "e2e_latency_s_p99": "<=",
+    "sla_attainment": ">=",
+    "goodput_requests_per_s": ">=",
+    "output_tokens_per_s": ">=",
+    "total_tokens_per_s": ">=",
 }
-"""The figures an SLA may bound today (replay's summary; serving figures such as TTFT
-follow serving replay) and the direction that is good for each."""
+"""The figures an SLA may bound (replay's summary, and a serving sweep's) and the
+direction that is good for each."""
 
 
 @dataclass(frozen=True)
@@ -110,11 +119,18 @@ class Recommendation:
 
 
 def cost_key(row: dict[str, Any]) -> tuple:
-    tps = row.get("tokens_per_s") or 0.0
+    tps = row.get("tokens_per_s") or row.get("total_tokens_per_s") or 0.0
     gpu_s_per_token = row["num_gpus"] / tps if tps > 0 else math.inf
     drop = row.get("dropped_semantic_mass_frac")
     drop = math.inf if drop is None or drop != drop else drop
     return (row["num_gpus"], gpu_s_per_token, drop, row["point_index"], row["_order"])
+
+
+def default_kind(rows: list[dict[str, Any]]) -> str:
+    """``all`` (a replay's rows over all steps), or ``serve`` for a table of serving runs
+    only."""
+    kinds = {r.get("kind") for r in rows if r.get("status") == "ok"}
+    return "serve" if "serve" in kinds and "all" not in kinds else "all"
 
 
 def recommend(rows: list[dict[str, Any]], sla: list[Bound], *, kind: str = "all",

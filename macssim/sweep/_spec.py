@@ -35,10 +35,14 @@ _SETTINGS_DEFAULTS: dict[str, Any] = {
     "network_rtol": 0.0,
     "model": "qwen3-vl-30b-a3b",
     "scenario_steps": 8,
+    "requests": 32,
+    "sla_ttft": 2.0,
+    "sla_tpot": 0.03,
 }
 """Settings every point shares (part of each point's identity): the policies replayed
-side by side, the replayed steps (None: all), the seed, the network tolerance, and for a
-scenario the model preset and how many steps to synthesise."""
+side by side, the replayed steps (None: all), the seed, the network tolerance, for a
+scenario the model preset and how many steps to synthesise, and for a serving sweep
+(arrival rates given) the requests each run serves and the SLA its goodput counts."""
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,12 @@ class SweepSpec:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def active_axes(self) -> list[str]:
-        """Axes in the product: all but the unused source (trace or scenario)."""
+        """Axes in the product: all but the unused source (trace or scenario), and arrival
+        rates only when given (a serving sweep)."""
         source = "scenario" if self.values.get("scenario") else "trace"
-        return [a.name for a in AXES if a.name not in ("trace", "scenario") or a.name == source]
+        return [a.name for a in AXES
+                if (a.name not in ("trace", "scenario") or a.name == source)
+                and (a.name != "arrival_rate" or self.values.get("arrival_rate"))]
 
     def points(self) -> list[Point]:
         """The product, less combinations that are no configuration (``meaningful``)."""
@@ -187,6 +194,11 @@ def _check_settings(given: dict[str, Any], where: str) -> dict[str, Any]:
     s["model"] = model
     s["scenario_steps"] = check_int(s["scenario_steps"], where, "scenario_steps", low=1,
                                     high=Limits.MAX_STEPS, error=SweepError)
+    s["requests"] = check_int(s["requests"], where, "requests", low=1,
+                              high=Limits.MAX_STEPS, error=SweepError)
+    for name in ("sla_ttft", "sla_tpot"):
+        s[name] = check_number(s[name], where, name, low=0.0, low_open=True, high=1e6,
+                               error=SweepError)
     return s
 
 

@@ -36,11 +36,13 @@ def test_point_identity_is_stable_and_includes_settings_and_version(monkeypatch)
     assert a.point_id != before  # the same axes under another version: another point
 
 
-def test_every_axis_has_a_flag_a_yaml_key_and_a_default_or_is_a_source():
+def test_every_axis_has_a_flag_a_yaml_key_and_a_default_or_is_optional():
+    """Every axis has a default, but the scenario source and the arrival rates, which
+    are in the product only when given."""
     assert len({a.name for a in AXES}) == len(AXES)
     for a in AXES:
         assert a.flag.startswith("--") and a.key
-        assert a.default or a.name == "scenario"
+        assert a.default or a.name in ("scenario", "arrival_rate")
 
 
 @pytest.mark.parametrize("values, message", [
