@@ -26,7 +26,18 @@ def _pct(m: float) -> str:
 
 
 @click.command("recommend")
-@click.argument("results", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("results", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--search", is_flag=True, help="No RESULTS table: run the small built-in search "
+              "first (topologies 8xH100 and 16xH100 × capacity factors 1, 1.25, 1.5, policies "
+              "macs and token-drop, the first 2 steps of --trace), then recommend from it.")
+@click.option("--trace", "trace", default="default", show_default=True,
+              help="With --search: the trace the search replays ('default': the bundled "
+              "one).")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --search: keep the search's table there (default: a temporary file, "
+              "removed after).")
+@click.option("--jobs", "-j", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="With --search: points run at once.")
 @click.option("--sla", "bounds", multiple=True, required=True, metavar="NAME<=VALUE",
               help="A bound on a table figure, repeatable: moe_latency_p99_s<=0.0005, "
               "step_latency_mean_s<=0.05, dropped_semantic_mass_frac<=0.01, "
@@ -37,9 +48,10 @@ def _pct(m: float) -> str:
               "the table has only those).")
 @click.option("--policy", "policies", default=None, metavar="P1,P2,…",
               help="Consider only these policies (default: every policy in the table).")
-def command(results, bounds, kind, policies) -> None:
-    """Print the cheapest configuration in a sweep's RESULTS table that meets every
-    --sla bound, its margin on each bound, and the runner-up.
+def command(results, search, trace, out, jobs, bounds, kind, policies) -> None:
+    """Print the cheapest configuration in a sweep's RESULTS table (or a small built-in
+    search's, with --search) that meets every --sla bound, its margin on each bound, and
+    the runner-up.
 
     \b
     Cheapest: the fewest GPUs, then the fewest GPU-seconds per token, then the least
@@ -47,15 +59,18 @@ def command(results, bounds, kind, policies) -> None:
     shows the closest one and exits 1.
 
     \b
-    Example:
+    Examples:
       macssim recommend results.parquet --sla moe_latency_p99_s<=0.0003 \\
           --sla dropped_semantic_mass_frac<=0.2
+      macssim recommend --search --sla step_latency_mean_s<=0.02
     """
     from macssim.sweep import default_kind, parse_bound, read_results, recommend
 
+    if (results is None) == (not search):
+        raise click.UsageError("give a RESULTS table or --search (not both)")
     with library_errors():
         sla = [parse_bound(b) for b in bounds]
-        rows, _ = read_results(results)
+        rows = _search(trace, out, jobs) if search else read_results(results)[0]
         kind = kind or default_kind(rows)
         names = None if policies is None else [p.strip() for p in policies.split(",")]
         rec = recommend(rows, sla, kind=kind, policies=names)
@@ -80,7 +95,27 @@ def command(results, bounds, kind, policies) -> None:
         _table(rec.runner_up, sla)
 
 
+def _search(trace: str, out: Path | None, jobs: int) -> list[dict]:
+    """Run ``search_spec(trace)`` into ``out`` (or a temporary table) and read it back."""
+    import tempfile
+
+    from macssim.cli._output import Progress
+    from macssim.sweep import read_results, run_sweep, search_spec
+
+    spec = search_spec(trace)
+    with tempfile.TemporaryDirectory(prefix="macssim-search-") as tmp:
+        table = out or Path(tmp) / "search.parquet"
+        click.echo(f"searching {spec.num_points()} configurations (docs/sweep.md, recommend "
+                   "--search)", err=True)
+        with Progress("search", "points") as bar:
+            run_sweep(spec, table, jobs=jobs,
+                      progress=lambda done, total, _failed: bar(done, total))
+        rows, _ = read_results(table)
+    return rows
+
+
 def _table(row: dict, sla) -> None:
-    echo_table(list(_SHOWN), [[row.get(c) for c in _SHOWN]])
+    shown = [c for c in _SHOWN if row.get(c) is not None]   # a replay row has no rate
+    echo_table(shown, [[row.get(c) for c in shown]])
     rows = [[str(b), row.get(b.metric), _pct(b.margin(row))] for b in sla]
     echo_table(["bound", "value", "margin"], rows)

@@ -8,12 +8,14 @@ This is the public API of the stage; everything else in the folder is private.
 
 from macssim.sweep._axes import AXES, Axis, SweepError
 from macssim.sweep._recommend import (
+    SEARCH,
     SLA_METRICS,
     Bound,
     Recommendation,
     default_kind,
     parse_bound,
     recommend,
+    search_spec,
 )
 from macssim.sweep._run import SweepOutcome, run_sweep
 from macssim.sweep._spec import MAX_POINTS, Point, SweepSpec, load_sweep, make_sweep
@@ -37,5 +39,7 @@ __all__ = [
     "parse_bound",
     "read_results",
     "recommend",
+    "search_spec",
+    "SEARCH",
     "run_sweep",
 ]

@@ -27,8 +27,8 @@ from typing import Any
 from macssim._validate import brief
 from macssim.sweep._axes import SweepError
 
-__all__ = ["SLA_METRICS", "Bound", "Recommendation", "default_kind", "parse_bound",
-           "recommend"]
+__all__ = ["SEARCH", "SLA_METRICS", "Bound", "Recommendation", "default_kind", "parse_bound",
+           "recommend", "search_spec"]
 
 SLA_METRICS: dict[str, str] = {
     "moe_latency_p99_s": "<=",
@@ -161,3 +161,19 @@ def recommend(rows: list[dict[str, Any]], sla: list[Bound], *, kind: str = "all"
     return Recommendation(met=bool(meeting), best=strip(best), runner_up=strip(runner),
                           margins={str(b): b.margin(best) for b in sla},
                           candidates=len(ok), meeting=len(meeting), failed_points=failed)
+
+
+SEARCH: dict[str, Any] = {
+    "axes": {"topology": ["8xH100", "16xH100"], "capacity_factor": [1.0, 1.25, 1.5]},
+    "settings": {"policies": ["macs", "token-drop"], "steps": 2},
+}
+"""``macssim recommend --search``: a small sweep a first question can afford (6 points,
+two policies each, the first prefill and decode step of the trace)."""
+
+
+def search_spec(trace: str = "default"):
+    """The built-in search over ``trace`` as a ``SweepSpec``."""
+    from macssim.sweep._spec import make_sweep
+
+    return make_sweep({**SEARCH["axes"], "trace": [trace]}, SEARCH["settings"],
+                      where="recommend --search")

@@ -83,3 +83,24 @@ def test_the_command_prints_the_choice_and_exits_1_when_nothing_meets(tmp_path):
     bad = runner.invoke(main, ["recommend", str(tmp_path / "missing.parquet"), "--sla",
                                "tokens_per_s>=1"])
     assert bad.exit_code == 1 and "no such results table" in bad.output
+
+
+def test_search_runs_the_built_in_sweep_and_recommends_from_it(small_trace, tmp_path):
+    """--search runs SEARCH's points on the trace (kept with --out) and recommends the
+    cheapest of them: the same answer as recommending from that table afterwards."""
+    from macssim.sweep import SEARCH, read_results, recommend, search_spec
+
+    table = tmp_path / "search.parquet"
+    res = CliRunner().invoke(main, ["recommend", "--search", "--trace", str(small_trace),
+                                    "--out", str(table), "--sla", "step_latency_mean_s<=1"])
+    assert res.exit_code == 0, res.output
+    rows, _ = read_results(table)
+    spec = search_spec(str(small_trace))
+    assert len({r["point_id"] for r in rows}) == spec.num_points() == (
+        len(SEARCH["axes"]["topology"]) * len(SEARCH["axes"]["capacity_factor"]))
+    best = recommend(rows, [parse_bound("step_latency_mean_s<=1")]).best
+    assert f"cheapest meeting it: point {best['point_index']}" in res.output
+    assert "arrival_rate" not in res.output          # replay rows have no rate
+    both = CliRunner().invoke(main, ["recommend", str(table), "--search", "--sla",
+                                     "tokens_per_s>=1"])
+    assert both.exit_code == 2 and "give a RESULTS table or --search" in both.output
