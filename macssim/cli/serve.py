@@ -43,6 +43,10 @@ __all__ = ["command"]
               show_default=True, help="Tokens per rank per step (vLLM max_num_batched_tokens).")
 @click.option("--max-seqs", type=click.IntRange(1, 1 << 20), default=256, show_default=True,
               help="Requests running at once per rank (vLLM max_num_seqs).")
+@click.option("--kv-cache-tokens", type=click.IntRange(1, 1 << 40), default=None,
+              help="Tokens of KV cache per rank (default: unbounded). A request is admitted "
+              "only when its prompt and output tokens fit beside the running ones "
+              "(docs/serve.md shows how to size it from GPU memory).")
 @click.option("--no-chunked-prefill", is_flag=True,
               help="Admit a prompt only when it fits the step's budget whole.")
 @click.option("--sla-ttft", type=FiniteFloat(0.0, 1e6, low_open=True), default=2.0,
@@ -60,8 +64,8 @@ __all__ = ["command"]
               "r<rate>/); the replay report's rules: nothing macssim did not write is touched.")
 @click.option("--force", is_flag=True, help="Replace an earlier macssim report in --out.")
 def command(trace_path, topology, policy, gamma, rate, num_requests, arrivals, output_tokens,
-            token_budget, max_seqs, no_chunked_prefill, sla_ttft, sla_tpot, no_step_cache, seed,
-            out_dir, force) -> None:
+            token_budget, max_seqs, kv_cache_tokens, no_chunked_prefill, sla_ttft, sla_tpot,
+            no_step_cache, seed, out_dir, force) -> None:
     """Serve requests on a simulated cluster: Poisson arrivals (or a file), continuous
     batching with chunked prefill on data-parallel attention ranks, every step's routing
     composed from its requests' recorded routing and simulated under one policy.
@@ -86,7 +90,8 @@ def command(trace_path, topology, policy, gamma, rate, num_requests, arrivals, o
             rate_per_s=rate, num_requests=num_requests, arrivals=arrivals,
             output_tokens=output_tokens,
             scheduler=SchedulerConfig(token_budget=token_budget, max_seqs=max_seqs,
-                                      chunked_prefill=not no_chunked_prefill),
+                                      chunked_prefill=not no_chunked_prefill,
+                                      kv_cache_tokens=kv_cache_tokens),
             sla=Sla(ttft_s=sla_ttft, tpot_s=sla_tpot), seed=seed,
             step_cache=not no_step_cache)
         topo = Path(topology).stem if topology.endswith((".yaml", ".yml")) else topology

@@ -14,9 +14,10 @@ Each step, each rank fills a token budget the way vLLM's v1 scheduler does:
 1. running requests first, in admission order: a request whose prompt is fully prefilled
    decodes one token; one still prefilling gets the next chunk of its prompt, as much as
    the budget has left (chunked prefill);
-2. then waiting requests, first come first served, while the budget has tokens left and
-   the rank runs fewer than ``max_seqs`` requests: each is admitted with a first chunk of
-   its prompt (without chunked prefill, only if its whole prompt fits).
+2. then waiting requests, first come first served, while the budget has tokens left, the
+   rank runs fewer than ``max_seqs`` requests and (when bounded) its KV cache has room for
+   the request's whole sequence: each is admitted with a first chunk of its prompt
+   (without chunked prefill, only if its whole prompt fits).
 
 The step's duration comes from ``step_time`` (the cluster simulation, or a stub in
 tests). When it ends, a request whose last prompt chunk ran has its first output token
@@ -26,8 +27,9 @@ Requests arriving during a step wait for the next one.
 Why a plain loop and not SimPy processes: there is one engine stepping synchronously and
 two kinds of events (an arrival, a step's end), and every decision happens at a step's
 start; the loop reads as the sentence above and is a pure function of its inputs.
-Not modelled: KV-cache capacity and preemption, prefix caching, speculative decoding,
-detokenisation and network time to the client.
+A rank's KV cache, when bounded (``kv_cache_tokens``), admits a request only when its
+whole sequence fits beside those already admitted. Not modelled: preemption, prefix
+caching, speculative decoding, detokenisation and network time to the client.
 """
 
 from __future__ import annotations
@@ -63,11 +65,20 @@ class SchedulerConfig:
     chunked_prefill: bool = True
     """Split a prompt over steps when it does not fit the budget left; off: a prompt is
     admitted only when it fits whole (and a prompt longer than the budget is refused)."""
+    kv_cache_tokens: int | None = None
+    """Tokens of KV cache one rank holds (None: unbounded). A request is admitted only
+    when its whole sequence (prompt + output tokens) fits beside the sequences already
+    admitted on its rank, and frees its share when it finishes: admission control with
+    the full reservation, never a preemption (vLLM allocates as it goes and preempts
+    instead; docs/serve.md says what that changes)."""
 
     def __post_init__(self) -> None:
         check_int(self.token_budget, "scheduler", "token_budget", low=1, high=1 << 20,
                   error=ServeError)
         check_int(self.max_seqs, "scheduler", "max_seqs", low=1, high=1 << 20, error=ServeError)
+        if self.kv_cache_tokens is not None:
+            check_int(self.kv_cache_tokens, "scheduler", "kv_cache_tokens", low=1,
+                      high=1 << 40, error=ServeError)
         if not isinstance(self.chunked_prefill, bool):
             raise ServeError(f'scheduler: "chunked_prefill" must be true or false, got '
                              f"{self.chunked_prefill!r}")
@@ -233,6 +244,11 @@ def _check_requests(requests: Sequence[RequestSpec], config: SchedulerConfig) ->
         if not config.chunked_prefill and r.prompt_tokens > config.token_budget:
             raise ServeError(f"{where}: prompt of {r.prompt_tokens} tokens exceeds the token "
                              f"budget {config.token_budget} and chunked prefill is off")
+        if (config.kv_cache_tokens is not None
+                and r.prompt_tokens + r.output_tokens > config.kv_cache_tokens):
+            raise ServeError(f"{where}: its {r.prompt_tokens + r.output_tokens} tokens (prompt "
+                             f"+ output) exceed a rank's KV cache of {config.kv_cache_tokens} "
+                             "tokens: it could never be admitted")
 
 
 def _as_cost(value: StepCost | float, index: int) -> StepCost:
@@ -265,6 +281,7 @@ def run_scheduler(requests: Sequence[RequestSpec], num_ranks: int, step_time: St
     waiting: list[deque[int]] = [deque() for _ in range(num_ranks)]
     running: list[list[int]] = [[] for _ in range(num_ranks)]
     load = [0] * num_ranks
+    kv_used = [0] * num_ranks
     steps: list[StepRecord] = []
     now = 0.0
     done = 0
@@ -275,7 +292,7 @@ def run_scheduler(requests: Sequence[RequestSpec], num_ranks: int, step_time: St
             live[i] = _Live(requests[i], rank)
             load[rank] += live[i].remaining()
             waiting[rank].append(i)
-        chunks = _form_batch(live, waiting, running, config, num_ranks)
+        chunks = _form_batch(live, waiting, running, config, num_ranks, kv_used)
         if not chunks:
             now = max(now, requests[pending[0]].arrival_s)   # idle until the next arrival
             continue
@@ -303,6 +320,7 @@ def run_scheduler(requests: Sequence[RequestSpec], num_ranks: int, step_time: St
             if r.generated == r.spec.output_tokens:
                 r.finish_s = now
                 running[c.rank].remove(c.request)
+                kv_used[c.rank] -= r.spec.prompt_tokens + r.spec.output_tokens
                 done += 1
     timings = tuple(
         RequestTiming(request=i, rank=r.rank, arrival_s=r.spec.arrival_s,
@@ -314,9 +332,9 @@ def run_scheduler(requests: Sequence[RequestSpec], num_ranks: int, step_time: St
 
 
 def _form_batch(live: list[_Live | None], waiting: list[deque[int]], running: list[list[int]],
-                config: SchedulerConfig, num_ranks: int) -> list[Chunk]:
+                config: SchedulerConfig, num_ranks: int, kv_used: list[int]) -> list[Chunk]:
     """Every rank's share of the next step (running first, then admissions); moves the
-    admitted requests from ``waiting`` to ``running``."""
+    admitted requests from ``waiting`` to ``running`` and reserves their KV cache."""
     chunks: list[Chunk] = []
     for rank in range(num_ranks):
         budget = config.token_budget
@@ -336,6 +354,10 @@ def _form_batch(live: list[_Live | None], waiting: list[deque[int]], running: li
             r = live[queue[0]]
             if not config.chunked_prefill and r.spec.prompt_tokens > budget:
                 break
+            need = r.spec.prompt_tokens + r.spec.output_tokens
+            if config.kv_cache_tokens is not None and kv_used[rank] + need > config.kv_cache_tokens:
+                break   # first come, first served: the head waits for room
+            kv_used[rank] += need
             i = queue.popleft()
             n = min(r.spec.prompt_tokens, budget)
             chunks.append(Chunk(i, rank, "prefill", 0, n))

@@ -146,3 +146,32 @@ def test_a_prompt_longer_than_the_budget_needs_chunked_prefill():
 def test_bad_scheduler_config_is_named(over):
     with pytest.raises(ServeError, match=next(iter(over))):
         SchedulerConfig(**over)
+
+
+def test_kv_cache_bounds_the_slots_like_max_seqs():
+    """A rank whose KV cache holds S whole sequences (prompt P + K outputs each) behaves
+    as S slots: the static-batch closed form above, with max_seqs unbounded."""
+    S, K, m, P = 3, 4, 5, 16
+    reqs = [RequestSpec(0.0, P, K) for _ in range(S * m)]
+    cfg = SchedulerConfig(token_budget=S * P, kv_cache_tokens=S * (P + K) + (P + K) - 1)
+    out = run_scheduler(reqs, 1, constant, cfg)
+    for j, r in enumerate(out.requests):
+        assert r.ttft_s == pytest.approx((j // S) * K * C + C)
+    assert max(r.finish_s for r in out.requests) == pytest.approx(m * K * C)
+    assert max(s.running for s in out.steps) == S
+
+
+def test_kv_cache_admits_first_come_first_served_by_size():
+    """KV of 30 tokens: a (10+2) and b (10+2) fit together (24); c (20+2) must wait until
+    both have left, though it arrived while they ran; d (4+1), behind c, waits too."""
+    reqs = [RequestSpec(0.0, 10, 2), RequestSpec(0.0, 10, 2), RequestSpec(C / 2, 20, 2),
+            RequestSpec(C / 2, 4, 1)]
+    out = run_scheduler(reqs, 1, constant, SchedulerConfig(token_budget=64,
+                                                            kv_cache_tokens=30))
+    a, b, c, d = out.requests
+    assert (a.finish_s, b.finish_s) == pytest.approx((2 * C, 2 * C))
+    assert c.scheduled_s == pytest.approx(2 * C) and c.first_token_s == pytest.approx(3 * C)
+    assert d.scheduled_s == pytest.approx(2 * C)   # 22 + 5 <= 30: admitted beside c
+    with pytest.raises(ServeError, match="exceed a rank's KV cache of 30 tokens"):
+        run_scheduler([RequestSpec(0.0, 29, 2)], 1, constant,
+                      SchedulerConfig(kv_cache_tokens=30))
