@@ -43,6 +43,11 @@ __all__ = ["command"]
               show_default=True, help="Tokens per rank per step (vLLM max_num_batched_tokens).")
 @click.option("--max-seqs", type=click.IntRange(1, 1 << 20), default=256, show_default=True,
               help="Requests running at once per rank (vLLM max_num_seqs).")
+@click.option("--placement", type=click.Choice(["contiguous", "eplb"]), default="contiguous",
+              show_default=True, help="Expert placement, as for `macssim replay` (eplb: "
+              "planned per layer on the trace's loads).")
+@click.option("--redundant-experts", type=click.IntRange(0, 1 << 16), default=0,
+              show_default=True, help="EPLB's extra expert slots (with --placement eplb).")
 @click.option("--kv-cache-tokens", type=click.IntRange(1, 1 << 40), default=None,
               help="Tokens of KV cache per rank (default: unbounded). A request is admitted "
               "only when its prompt and output tokens fit beside the running ones "
@@ -64,8 +69,9 @@ __all__ = ["command"]
               "r<rate>/); the replay report's rules: nothing macssim did not write is touched.")
 @click.option("--force", is_flag=True, help="Replace an earlier macssim report in --out.")
 def command(trace_path, topology, policy, gamma, rate, num_requests, arrivals, output_tokens,
-            token_budget, max_seqs, kv_cache_tokens, no_chunked_prefill, sla_ttft, sla_tpot,
-            no_step_cache, seed, out_dir, force) -> None:
+            token_budget, max_seqs, placement, redundant_experts, kv_cache_tokens,
+            no_chunked_prefill, sla_ttft, sla_tpot, no_step_cache, seed, out_dir,
+            force) -> None:
     """Serve requests on a simulated cluster: Poisson arrivals (or a file), continuous
     batching with chunked prefill on data-parallel attention ranks, every step's routing
     composed from its requests' recorded routing and simulated under one policy.
@@ -93,7 +99,8 @@ def command(trace_path, topology, policy, gamma, rate, num_requests, arrivals, o
                                       chunked_prefill=not no_chunked_prefill,
                                       kv_cache_tokens=kv_cache_tokens),
             sla=Sla(ttft_s=sla_ttft, tpot_s=sla_tpot), seed=seed,
-            step_cache=not no_step_cache)
+            step_cache=not no_step_cache, placement=placement,
+            redundant_experts=redundant_experts)
         topo = Path(topology).stem if topology.endswith((".yaml", ".yml")) else topology
         load = f"a-{arrivals.stem}" if arrivals else f"r{rate:g}"
         out_dir = out_dir or Path("reports") / f"serve-{trace_path.stem}-{topo}-{policy}-{load}"

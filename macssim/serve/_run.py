@@ -27,11 +27,13 @@ import torch
 from macssim._errors import PolicyError
 from macssim._validate import Limits, check_int, check_number
 from macssim.cluster import LayerRouting, SimOptions, alltoall_spec, simulate_step
+from macssim.cluster._load import ExpertMap
 from macssim.cluster.metrics import PHASES
 from macssim.cost import COSTS_CHOICES, PRECISION_PRESETS, check_precision, cost_model_for
 from macssim.hardware import Topology, load_topology
-from macssim.placement import contiguous_placement
+from macssim.placement import PLACEMENTS, placements_from_trace
 from macssim.policies import expert_labels_from_trace, get_policy
+from macssim.policies._scope import local_expert_tables
 from macssim.replay._run import _device, _plans_for_step, _versions
 from macssim.serve._arrivals import Arrival, poisson_arrivals, read_arrivals
 from macssim.serve._metrics import Sla, request_table, run_summary, step_table
@@ -91,6 +93,11 @@ class ServeConfig:
     step_cache: bool = True
     """Reuse a step's cost when an identical step (same chunks of the same recorded
     requests on the same ranks) was simulated before in the run; exact (module docstring)."""
+    placement: str = "contiguous"
+    """Expert placement, as ``ReplayConfig.placement``: ``contiguous`` or ``eplb`` (planned
+    per layer on the whole trace's loads)."""
+    redundant_experts: int = 0
+    """EPLB's extra expert slots (``placement="eplb"`` only)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -144,6 +151,14 @@ def _check_config(config: ServeConfig) -> None:
     if config.costs not in COSTS_CHOICES:
         raise ServeError(f'{where}: "costs" must be one of {", ".join(COSTS_CHOICES)}, got '
                          f"{config.costs!r}")
+    if config.placement not in PLACEMENTS:
+        raise ServeError(f'{where}: "placement" must be one of {", ".join(PLACEMENTS)}, got '
+                         f"{config.placement!r}")
+    check_int(config.redundant_experts, where, "redundant_experts", low=0, high=1 << 16,
+              error=ServeError)
+    if config.redundant_experts and config.placement != "eplb":
+        raise ServeError(f'{where}: "redundant_experts" needs placement eplb (contiguous '
+                         "placement has no redundant slots)")
 
 
 def serve(config: ServeConfig, progress: Callable[[int, float], None] | None = None,
@@ -213,7 +228,15 @@ def _cluster_step_time(config: ServeConfig, trace, model: ModelFacts, topology: 
     precision = PRECISION_PRESETS[config.precision]
     check_precision(topology, precision)
     costs, costs_record = cost_model_for(topology, tables=config.tables, costs=config.costs)
-    placement = contiguous_placement(model.num_experts, topology.num_gpus)
+    layer_placements = placements_from_trace(config.placement, trace, topology.num_gpus,
+                                             config.redundant_experts,
+                                             gpus_per_node=topology.gpus_per_node)
+    placement = layer_placements[0]
+    per_layer = config.placement != "contiguous"
+    # under EPLB each layer's map rides on its routing, and "local" counts replicas
+    layer_maps = ([ExpertMap.from_placement(p) for p in layer_placements] if per_layer
+                  else [None] * len(layer_placements))
+    local_t = local_expert_tables(layer_placements).to(device) if per_layer else None
     params = dict(config.policy_params)
     if config.policy != "vanilla":
         params.setdefault("capacity_factor", config.capacity_factor)
@@ -249,9 +272,10 @@ def _cluster_step_time(config: ServeConfig, trace, model: ModelFacts, topology: 
         routings = [LayerRouting(expert_ids=p.expert_ids.cpu().numpy(),
                                  kept=p.kept.cpu().numpy(),
                                  exchange_bytes=None if p.exchange_bytes is None
-                                 else p.exchange_bytes.cpu().numpy())
-                    for p in _plans_for_step(step, model, policy, placement_t, labels, device,
-                                             token_gpu)]
+                                 else p.exchange_bytes.cpu().numpy(),
+                                 experts=layer_maps[i])
+                    for i, p in enumerate(_plans_for_step(step, model, policy, placement_t,
+                                                          labels, device, token_gpu, local_t))]
         result = simulate_step(topology, model, placement, step_kind=step.kind,
                                token_gpu=token_gpu, position=step.position,
                                modality=step.modality, layers=routings,

@@ -18,7 +18,7 @@ from typing import Any
 
 from macssim import __version__
 from macssim._errors import MacssimError
-from macssim.sweep._axes import AXES, SweepError, axis, replay_value, trace_path
+from macssim.sweep._axes import AXES, axis, replay_value, trace_path
 from macssim.sweep._spec import Point
 
 __all__ = ["run_point", "worker_init"]
@@ -78,10 +78,6 @@ def _serve_rows(point: Point, trace: Path) -> list[dict[str, Any]]:
     from macssim.serve import ServeConfig, Sla, serve
 
     a, s = point.axes, point.settings
-    if a.get("placement", "contiguous") != "contiguous":
-        raise SweepError("a serving point runs on contiguous placement only (macssim serve "
-                         "does not model EPLB yet): drop --placement eplb from a sweep with "
-                         "--arrival-rate")
     rows = []
     for policy in s["policies"]:
         config = ServeConfig(trace=trace, topology=a["topology"], policy=policy,
@@ -89,7 +85,9 @@ def _serve_rows(point: Point, trace: Path) -> list[dict[str, Any]]:
                              num_requests=s["requests"], sla=Sla(s["sla_ttft"], s["sla_tpot"]),
                              seed=s["seed"], precision=a["precision"],
                              alltoall=replay_value(axis("alltoall"), a["alltoall"]),
-                             network_rtol=s["network_rtol"])
+                             network_rtol=s["network_rtol"],
+                             placement=a.get("placement", "contiguous"),
+                             redundant_experts=a.get("redundant_experts", 0))
         result = serve(config)
         topo = result.topology
         rows.append({"model": result.model.name, "num_gpus": topo.num_gpus,

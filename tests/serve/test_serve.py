@@ -57,6 +57,24 @@ def test_the_trace_own_batch_served_at_once_costs_what_replay_says(small_trace, 
         assert r.e2e_latency_s == pytest.approx(expected.sum())
 
 
+def test_eplb_placement_reaches_the_served_steps(small_trace, tmp_path):
+    """EPLB (8 redundant slots, planned per layer on the whole trace) changes the served
+    steps' latencies on 8xH100; on one GPU, where every placement is the same, it changes
+    nothing; redundant slots without EPLB are refused."""
+    path = arrivals_file(tmp_path, ["0,0", "0,1"])
+
+    def served(topology, placement, redundant):
+        return serve(ServeConfig(trace=small_trace, topology=topology, policy="vanilla",
+                                 arrivals=path, placement=placement,
+                                 redundant_experts=redundant)).steps.step_latency_s.to_numpy()
+
+    assert not np.allclose(served("8xH100", "eplb", 8), served("8xH100", "contiguous", 0),
+                           rtol=1e-9)
+    np.testing.assert_array_equal(served(ONE_GPU, "eplb", 0), served(ONE_GPU, "contiguous", 0))
+    with pytest.raises(ServeError, match="needs placement eplb"):
+        served("8xH100", "contiguous", 8)
+
+
 def _yaml(tmp_path):
     """The 1-GPU test topology as a file, for replay (which takes names or paths)."""
     t = ONE_GPU

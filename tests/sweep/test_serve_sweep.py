@@ -33,17 +33,15 @@ def serving_table(small_trace, tmp_path_factory):
 def test_rows_are_the_serving_runs_of_each_rate(serving_table, small_trace):
     spec, path, outcome = serving_table
     rows, _ = read_results(path)
-    assert (outcome.ran, outcome.failed) == (4, 2)   # the eplb points fail, clearly
-    failed = [r for r in rows if r["status"] == "error"]
-    assert {r["arrival_rate"] for r in failed} == {4.0, 400.0}
-    assert all("contiguous placement only" in r["error"] for r in failed)
-    ok = [r for r in rows if r["status"] == "ok"]
-    assert {(r["arrival_rate"], r["kind"], r["policy"]) for r in ok} == {
-        (4.0, "serve", "token-drop"), (400.0, "serve", "token-drop")}
-    for r in ok:
+    assert (outcome.ran, outcome.failed) == (4, 0)
+    assert {(r["arrival_rate"], r["placement"], r["kind"], r["policy"]) for r in rows} == {
+        (rate, placement, "serve", "token-drop") for rate in (4.0, 400.0)
+        for placement in ("contiguous", "eplb")}
+    for r in rows:
         direct = serve(ServeConfig(trace=small_trace, topology="8xH100", policy="token-drop",
                                    rate_per_s=r["arrival_rate"], num_requests=6,
-                                   sla=Sla(0.05, 0.01), seed=0)).summary
+                                   sla=Sla(0.05, 0.01), seed=0,
+                                   placement=r["placement"])).summary
         for name in ("ttft_s_p99", "tpot_s_mean", "goodput_requests_per_s", "sla_attainment",
                      "total_tokens_per_s", "duration_s"):
             assert r[name] == pytest.approx(direct[name], rel=1e-12), name
@@ -65,7 +63,7 @@ def test_recommend_and_report_read_serving_rows(serving_table, tmp_path):
                                 command_line=["macssim", "report"], versions={})
     assert {"goodput_vs_rate.svg", "serve_pareto.svg", "index.html"} <= set(report.files)
     page = (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
-    assert 'data-table="serving"' in page and 'data-table="failed"' in page
+    assert 'data-table="serving"' in page
 
 
 def test_serving_settings_are_checked():
