@@ -48,6 +48,9 @@ __all__ = ["command"]
               "planned per layer on the trace's loads).")
 @click.option("--redundant-experts", type=click.IntRange(0, 1 << 16), default=0,
               show_default=True, help="EPLB's extra expert slots (with --placement eplb).")
+@click.option("--attention-tp", type=click.IntRange(1, 1 << 16), default=1, show_default=True,
+              help="Tensor-parallel attention over groups of this many GPUs (1: one data-"
+              "parallel rank per GPU); the scheduler then has GPUs / N ranks.")
 @click.option("--kv-cache-tokens", type=click.IntRange(1, 1 << 40), default=None,
               help="Tokens of KV cache per rank (default: unbounded). A request is admitted "
               "only when its prompt and output tokens fit beside the running ones "
@@ -69,7 +72,7 @@ __all__ = ["command"]
               "r<rate>/); the replay report's rules: nothing macssim did not write is touched.")
 @click.option("--force", is_flag=True, help="Replace an earlier macssim report in --out.")
 def command(trace_path, topology, policy, gamma, rate, num_requests, arrivals, output_tokens,
-            token_budget, max_seqs, placement, redundant_experts, kv_cache_tokens,
+            token_budget, max_seqs, placement, redundant_experts, attention_tp, kv_cache_tokens,
             no_chunked_prefill, sla_ttft, sla_tpot, no_step_cache, seed, out_dir,
             force) -> None:
     """Serve requests on a simulated cluster: Poisson arrivals (or a file), continuous
@@ -100,7 +103,7 @@ def command(trace_path, topology, policy, gamma, rate, num_requests, arrivals, o
                                       kv_cache_tokens=kv_cache_tokens),
             sla=Sla(ttft_s=sla_ttft, tpot_s=sla_tpot), seed=seed,
             step_cache=not no_step_cache, placement=placement,
-            redundant_experts=redundant_experts)
+            redundant_experts=redundant_experts, attention_tp=attention_tp)
         topo = Path(topology).stem if topology.endswith((".yaml", ".yml")) else topology
         load = f"a-{arrivals.stem}" if arrivals else f"r{rate:g}"
         out_dir = out_dir or Path("reports") / f"serve-{trace_path.stem}-{topo}-{policy}-{load}"

@@ -26,7 +26,13 @@ import torch
 
 from macssim._errors import PolicyError
 from macssim._validate import Limits, check_int, check_number
-from macssim.cluster import LayerRouting, SimOptions, alltoall_spec, simulate_step
+from macssim.cluster import (
+    LayerRouting,
+    SimOptions,
+    alltoall_spec,
+    sequence_parallel_split,
+    simulate_step,
+)
 from macssim.cluster._load import ExpertMap
 from macssim.cluster.metrics import PHASES
 from macssim.cost import COSTS_CHOICES, PRECISION_PRESETS, check_precision, cost_model_for
@@ -98,6 +104,10 @@ class ServeConfig:
     per layer on the whole trace's loads)."""
     redundant_experts: int = 0
     """EPLB's extra expert slots (``placement="eplb"`` only)."""
+    attention_tp: int = 1
+    """``SimOptions.attention_tp``: 1 is data-parallel attention (one rank per GPU); t > 1
+    runs attention tensor-parallel over groups of t GPUs, so the scheduler has G / t
+    ranks, each a group (its tokens dispatched from the group's GPUs in even slices)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -156,6 +166,8 @@ def _check_config(config: ServeConfig) -> None:
                          f"{config.placement!r}")
     check_int(config.redundant_experts, where, "redundant_experts", low=0, high=1 << 16,
               error=ServeError)
+    check_int(config.attention_tp, where, "attention_tp", low=1, high=Limits.MAX_GPUS,
+              error=ServeError)
     if config.redundant_experts and config.placement != "eplb":
         raise ServeError(f'{where}: "redundant_experts" needs placement eplb (contiguous '
                          "placement has no redundant slots)")
@@ -206,7 +218,11 @@ def serve(config: ServeConfig, progress: Callable[[int, float], None] | None = N
             cost = step_time(batch)
             progress(batch.index + 1, cost if isinstance(cost, float) else cost.duration_s)
             return cost
-    schedule = run_scheduler(requests, topology.num_gpus, timed, config.scheduler)
+    if topology.gpus_per_node % config.attention_tp:
+        raise ServeError(f"serve: attention_tp = {config.attention_tp} must divide the "
+                         f"{topology.gpus_per_node} GPUs of a node")
+    schedule = run_scheduler(requests, topology.num_gpus // config.attention_tp, timed,
+                             config.scheduler)
     record.update(more())
     return ServeResult(
         config=config, model=model, topology=topology, trace_sha256=trace.sha256(),
@@ -249,8 +265,9 @@ def _cluster_step_time(config: ServeConfig, trace, model: ModelFacts, topology: 
                           f"trace has fields {list(trace.fields)}")
     labels = expert_labels_from_trace(trace) if config.policy == "macs" else None
     placement_t = torch.from_numpy(placement.expert_to_gpu).to(device)
+    tp = config.attention_tp
     options = SimOptions(flow_end_rtol=config.network_rtol, alltoall=config.alltoall,
-                         precision=precision, costs=costs)
+                         precision=precision, costs=costs, attention_tp=tp)
 
     cache: dict[tuple, StepCost] = {}
     counts = {"hits": 0, "misses": 0}
@@ -269,13 +286,21 @@ def _cluster_step_time(config: ServeConfig, trace, model: ModelFacts, topology: 
 
     def simulate(batch: StepBatch) -> StepCost:
         step, token_gpu = compose_step(batch.index, batch.chunks, recorded, replays)
+        if tp > 1:
+            # A rank is a group of tp GPUs; a request's own work (its vision encoder) runs
+            # on one of them, spread by request; attention runs on the whole group, and
+            # the policies see the GPU each token is dispatched from (even slices).
+            token_gpu = np.concatenate([np.full(c.count, c.rank * tp + c.request % tp,
+                                                dtype=np.int64) for c in batch.chunks])
+        policy_gpu = sequence_parallel_split(token_gpu, tp)
         routings = [LayerRouting(expert_ids=p.expert_ids.cpu().numpy(),
                                  kept=p.kept.cpu().numpy(),
                                  exchange_bytes=None if p.exchange_bytes is None
                                  else p.exchange_bytes.cpu().numpy(),
                                  experts=layer_maps[i])
                     for i, p in enumerate(_plans_for_step(step, model, policy, placement_t,
-                                                          labels, device, token_gpu, local_t))]
+                                                          labels, device, policy_gpu,
+                                                          local_t))]
         result = simulate_step(topology, model, placement, step_kind=step.kind,
                                token_gpu=token_gpu, position=step.position,
                                modality=step.modality, layers=routings,

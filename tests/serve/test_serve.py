@@ -75,6 +75,22 @@ def test_eplb_placement_reaches_the_served_steps(small_trace, tmp_path):
         served("8xH100", "contiguous", 8)
 
 
+def test_tensor_parallel_attention_over_the_whole_box_is_replays(small_trace, tmp_path):
+    """attention_tp = 8 on 8xH100: one scheduler rank (the whole box); the trace's batch
+    served at once costs, step for step, what replay with attention_tp = 8 says."""
+    path = arrivals_file(tmp_path, ["0,0", "0,1"])
+    result = serve(ServeConfig(trace=small_trace, topology="8xH100", policy="vanilla",
+                               arrivals=path, attention_tp=8))
+    assert result.schedule.num_ranks == 1
+    rep = replay(ReplayConfig(trace=small_trace, policies=("vanilla",), topology="8xH100",
+                              attention_tp=8))
+    expected = rep.steps[rep.steps.policy == "vanilla"].step_latency_s.to_numpy()
+    np.testing.assert_allclose(result.steps.step_latency_s.to_numpy(), expected, rtol=1e-12)
+    with pytest.raises(ServeError, match="attention_tp = 3 must divide"):
+        serve(ServeConfig(trace=small_trace, topology="8xH100", arrivals=path,
+                          attention_tp=3))
+
+
 def _yaml(tmp_path):
     """The 1-GPU test topology as a file, for replay (which takes names or paths)."""
     t = ONE_GPU
