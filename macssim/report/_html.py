@@ -201,18 +201,12 @@ def _plot_pareto(ok: pd.DataFrame, scope: str):
     latency = decode.step_latency_mean_s.reindex(every.index)
     latency = latency.fillna(every.step_latency_mean_s)
     per_user = 1.0 / latency                              # tokens_per_s_per_user
-    per_gpu = every.tokens_per_s_per_gpu
-    fig, ax = _figure("Throughput per GPU against throughput per user", scope)
-    for name in _policies(ok):
-        sel = every.index.get_level_values("policy") == name
-        x, y = per_user[sel].to_numpy(), per_gpu[sel].to_numpy()
-        line = ax.scatter(x, y, label=name, alpha=0.75)
-        front = _pareto_front(x, y)
-        ax.plot(x[front], y[front], color=line.get_facecolor()[0], linewidth=1.2)
-    ax.set_xlabel("tokens_per_s_per_user (1 / decode step latency)")
-    ax.set_ylabel("tokens_per_s_per_gpu")
-    ax.legend()
-    return fig
+    policy = every.index.get_level_values("policy")
+    return _pareto_figure(
+        "Throughput per GPU against throughput per user", scope,
+        [(name, per_user[policy == name].to_numpy(),
+          every.tokens_per_s_per_gpu[policy == name].to_numpy()) for name in _policies(ok)],
+        "tokens_per_s_per_user (1 / decode step latency)", "tokens_per_s_per_gpu")
 
 
 def _plot_goodput(served: pd.DataFrame, scope: str):
@@ -232,16 +226,23 @@ def _plot_goodput(served: pd.DataFrame, scope: str):
 
 
 def _plot_serve_pareto(served: pd.DataFrame, scope: str):
-    fig, ax = _figure("Serving: throughput per GPU against throughput per user", scope)
-    for name in _policies(served):
-        sel = served[served.policy == name]
-        x = (1.0 / sel.tpot_s_mean).to_numpy()
-        y = (sel.total_tokens_per_s / sel.num_gpus).to_numpy()
+    by = [served[served.policy == name] for name in _policies(served)]
+    return _pareto_figure(
+        "Serving: throughput per GPU against throughput per user", scope,
+        [(sel.policy.iloc[0], (1.0 / sel.tpot_s_mean).to_numpy(),
+          (sel.total_tokens_per_s / sel.num_gpus).to_numpy()) for sel in by],
+        "tokens/s per user (1 / tpot_s_mean)", "total_tokens_per_s per GPU")
+
+
+def _pareto_figure(title: str, scope: str, series, xlabel: str, ylabel: str):
+    """One scatter per (name, x, y) and the line through its Pareto front."""
+    fig, ax = _figure(title, scope)
+    for name, x, y in series:
         line = ax.scatter(x, y, label=name, alpha=0.75)
         front = _pareto_front(x, y)
         ax.plot(x[front], y[front], color=line.get_facecolor()[0], linewidth=1.2)
-    ax.set_xlabel("tokens/s per user (1 / tpot_s_mean)")
-    ax.set_ylabel("total_tokens_per_s per GPU")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend()
     return fig
 

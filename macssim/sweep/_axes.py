@@ -30,16 +30,28 @@ class SweepError(MacssimError):
     """A sweep specification, a results table or an SLA is not what macssim expects."""
 
 
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return text  # type: ignore[return-value]  # the check names it
+def _parsed_as(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A flag value converted, or left as text for the check to name."""
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError:
+            return text
+    return parse
 
 
-def _check_gamma(value: Any, where: str, field: str) -> float:
-    return check_number(value, where, field, low=0.0, low_open=True,
-                        high=Limits.MAX_CAPACITY_FACTOR, error=SweepError)
+_float, _int = _parsed_as(float), _parsed_as(int)
+
+
+def _positive_up_to(high: float) -> Callable[[Any, str, str], float]:
+    def check(value: Any, where: str, field: str) -> float:
+        return check_number(value, where, field, low=0.0, low_open=True, high=high,
+                            error=SweepError)
+    return check
+
+
+_check_gamma = _positive_up_to(Limits.MAX_CAPACITY_FACTOR)
+_check_rate = _positive_up_to(1e6)
 
 
 def _check_choice_from(known: Callable[[], list[str]], what: str):
@@ -113,18 +125,6 @@ def _engines() -> list[str]:
     from macssim.hardware import ENGINES
 
     return ["topology", *ENGINES]
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        return text  # type: ignore[return-value]  # the check names it
-
-
-def _check_rate(value: Any, where: str, field: str) -> float:
-    return check_number(value, where, field, low=0.0, low_open=True, high=1e6,
-                        error=SweepError)
 
 
 def _check_redundant(value: Any, where: str, field: str) -> int:

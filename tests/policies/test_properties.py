@@ -57,6 +57,17 @@ def run(name, b, **params):
                                   entropy=b["entropy"], expert_labels=b["labels"])
 
 
+def assert_same_plan(a, b):
+    """Two plans equal in every field a replay reads."""
+    assert torch.equal(a.expert_ids, b.expert_ids)
+    assert torch.equal(a.kept, b.kept)
+    assert torch.equal(a.rerouted, b.rerouted)
+    assert a.drops == b.drops
+    for name in ("capacity", "exchange_bytes"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None) and (x is None or torch.equal(x, y)), name
+
+
 def router_slots_kept(plan, k):
     return plan.kept[:, :k].numpy()
 
@@ -251,14 +262,7 @@ def test_b_layers_in_one_call_equal_b_calls(name, scope):
     for b, plan in enumerate(batched.layers()):
         single = policy(scores[b], top_k=k, modality=modality, entropy=entropy[b],
                         placement=placement, token_gpu=token_gpu, expert_labels=labels[b])
-        assert torch.equal(plan.expert_ids, single.expert_ids)
-        assert torch.equal(plan.kept, single.kept)
-        assert torch.equal(plan.rerouted, single.rerouted)
-        assert plan.drops == single.drops
-        if single.capacity is not None:
-            assert torch.equal(plan.capacity, single.capacity)
-        if single.exchange_bytes is not None:
-            assert torch.equal(plan.exchange_bytes, single.exchange_bytes)
+        assert_same_plan(plan, single)
 
 
 def test_first_fit_admits_what_fits_even_at_float_edges():
@@ -313,10 +317,4 @@ def test_compiled_cpu_admission_equals_the_vectorised_path(b, layers, scope, nam
                           token_gpu=b["token_gpu"], modality=b["modality"], entropy=entropy,
                           expert_labels=b["labels"])
 
-    fast, vectorised = plan(True), plan(False)
-    assert torch.equal(fast.expert_ids, vectorised.expert_ids)
-    assert torch.equal(fast.kept, vectorised.kept)
-    assert torch.equal(fast.rerouted, vectorised.rerouted)
-    assert fast.drops == vectorised.drops
-    if fast.exchange_bytes is not None:
-        assert torch.equal(fast.exchange_bytes, vectorised.exchange_bytes)
+    assert_same_plan(plan(True), plan(False))
