@@ -26,21 +26,12 @@ def count_tokens(num_tokens: int, token: np.ndarray, src_gpu: np.ndarray, dst_gp
                  num_gpus: int, gpus_per_node: int) -> TokenCounts:
     """Token counts of kept assignments given as flat arrays: assignment i belongs to token
     ``token[i]`` (on GPU ``src_gpu[i]``) and is computed on GPU ``dst_gpu[i]``."""
-    nodes = num_gpus // gpus_per_node
-    needs = np.zeros(num_tokens * num_gpus, dtype=bool)
-    needs[token * num_gpus + dst_gpu] = True
-    key = np.flatnonzero(needs)  # unique (token, destination GPU) pairs
-    token_gpu = np.zeros(num_tokens, dtype=np.int64)
-    token_gpu[token] = src_gpu
-    pairs = np.bincount(token_gpu[key // num_gpus] * num_gpus + key % num_gpus,
-                        minlength=num_gpus * num_gpus).reshape(num_gpus, num_gpus)
-    assignment_pairs = np.bincount(src_gpu * num_gpus + dst_gpu, minlength=num_gpus * num_gpus
-                                   ).reshape(num_gpus, num_gpus)
-    node_needs = np.zeros(num_tokens * nodes, dtype=bool)
-    node_needs[(key // num_gpus) * nodes + (key % num_gpus) // gpus_per_node] = True
-    nkey = np.flatnonzero(node_needs)
-    node_tokens = np.bincount(token_gpu[nkey // nodes] * nodes + nkey % nodes,
-                              minlength=num_gpus * nodes).reshape(num_gpus, nodes)
+    from macssim.cost._count_kernel import count_pairs
+
+    pairs, assignment_pairs, node_tokens = count_pairs(
+        int(num_tokens), np.ascontiguousarray(token, dtype=np.int64),
+        np.ascontiguousarray(src_gpu, dtype=np.int64),
+        np.ascontiguousarray(dst_gpu, dtype=np.int64), int(num_gpus), int(gpus_per_node))
     return TokenCounts(pair_tokens=pairs, assignment_pairs=assignment_pairs,
                        node_tokens=node_tokens)
 
