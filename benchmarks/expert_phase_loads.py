@@ -27,7 +27,7 @@ from macssim.hardware import load_topology
 from macssim.placement import contiguous_placement
 from macssim.policies import expert_labels_from_trace
 from macssim.replay import ReplayConfig, replay
-from macssim.replay._run import _build_policies, _plans_for_step
+from macssim.replay._run import _build_policies, plans_for_step
 from macssim.trace import open_trace
 
 POLICIES = ("vanilla", "macs", "expanded-drop", "token-drop")
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in POLICIES:
         stats = []
-        for plan in _plans_for_step(step, model, policies[name], placement_t, labels,
-                                    torch.device("cpu"), token_gpu):
+        for plan in plans_for_step(step, model, policies[name], placement_t, labels,
+                                   torch.device("cpu"), token_gpu):
             routing = LayerRouting(plan.expert_ids.numpy(), plan.kept.numpy())
             load = layer_load(routing, token_gpu, experts, row_bytes(model, "bf16"),
                               where=name, gpus_per_node=topo.gpus_per_node)

@@ -5,6 +5,15 @@ dispatch plan per MoE layer, simulates the step on the topology, and collects pl
 records; the report stage turns them into CSV and plots.
 """
 
-from macssim.replay._run import BASELINE_POLICY, ReplayConfig, ReplayResult, replay
+from macssim.replay._run import (
+    BASELINE_POLICY,
+    ReplayConfig,
+    ReplayResult,
+    package_versions,
+    plans_for_step,
+    replay,
+    torch_device,
+)
 
-__all__ = ["BASELINE_POLICY", "ReplayConfig", "ReplayResult", "replay"]
+__all__ = ["BASELINE_POLICY", "ReplayConfig", "ReplayResult", "package_versions",
+           "plans_for_step", "replay", "torch_device"]

@@ -37,7 +37,8 @@ from macssim.policies import DropStats, Policy, expert_labels_from_trace, get_po
 from macssim.policies._scope import local_expert_tables
 from macssim.trace import MODALITIES, ModelFacts, Step, open_trace, unscored_experts_per_gpu
 
-__all__ = ["BASELINE_POLICY", "ReplayConfig", "ReplayResult", "replay"]
+__all__ = ["BASELINE_POLICY", "ReplayConfig", "ReplayResult", "package_versions",
+           "plans_for_step", "replay", "torch_device"]
 
 BASELINE_POLICY = "token-drop"
 """Always replayed: every summary figure is also given as a ratio to it."""
@@ -192,7 +193,7 @@ def _check_config(config: ReplayConfig) -> None:
                            "places each expert once)")
 
 
-def _device(name: object) -> torch.device:
+def torch_device(name: object) -> torch.device:
     """``cpu``, or ``cuda`` / ``cuda:N`` when torch sees that GPU; anything else is a
     PolicyError saying what is available."""
     if not isinstance(name, str) or not re.fullmatch(r"cpu|cuda(:[0-9]{1,4})?", name):
@@ -229,11 +230,12 @@ def _tensor(a: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
     return None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
 
-def _plans_for_step(step: Step, model: ModelFacts, policy: Policy, placement_t: torch.Tensor,
-                    labels: np.ndarray | None, device: torch.device,
-                    token_gpu: np.ndarray | None = None,
-                    local_experts: torch.Tensor | None = None):
-    """The policy's plan for every MoE layer of the step, all layers in one call."""
+def plans_for_step(step: Step, model: ModelFacts, policy: Policy, placement_t: torch.Tensor,
+                   labels: np.ndarray | None, device: torch.device,
+                   token_gpu: np.ndarray | None = None,
+                   local_experts: torch.Tensor | None = None):
+    """The policy's plan for every MoE layer of the step, all layers in one call (the
+    serving run plans its composed steps with it too)."""
     plan = policy(
         _tensor(step.scores, device), top_k=model.top_k, placement=placement_t,
         modality=_tensor(step.modality, device), entropy=_tensor(step.entropy, device),
@@ -260,7 +262,7 @@ def replay(config: ReplayConfig,
         simulation when it can be known up front.
     """
     _check_config(config)
-    device = _device(config.device)
+    device = torch_device(config.device)
     torch.manual_seed(config.seed)
     trace = open_trace(config.trace)
     model = trace.model
@@ -360,8 +362,8 @@ def replay(config: ReplayConfig,
             capped = step.kind == "prefill" or config.capacity_in_decode
             for name, policy in policies.items():
                 routings, per_layer_drops = [], []
-                for plan in _plans_for_step(step, model, policy if capped else uncapped,
-                                            placement_t, labels, device, policy_gpu, local_t):
+                for plan in plans_for_step(step, model, policy if capped else uncapped,
+                                           placement_t, labels, device, policy_gpu, local_t):
                     ids = plan.expert_ids.cpu().numpy()
                     kept = plan.kept.cpu().numpy()
                     exchange = (None if plan.exchange_bytes is None
@@ -396,7 +398,7 @@ def replay(config: ReplayConfig,
         steps=pd.DataFrame(step_rows),
         phases=pd.concat(phase_frames, ignore_index=True) if phase_frames else None,
         gpu_load=gpu_load,
-        drops=drops, timelines=chrome, versions=_versions(), score_gaps=score_gaps,
+        drops=drops, timelines=chrome, versions=package_versions(), score_gaps=score_gaps,
         costs={**costs_record, **coverage},
         policy_params={name: dict(p.params) for name, p in policies.items()},
         placements=tuple(layer_placements))
@@ -430,7 +432,9 @@ def _drop_columns(drops) -> dict[str, float]:
     return cols
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """The versions a run's record states (``run.json``): macssim, Python and the packages
+    that decide its numbers."""
     import platform
 
     import simpy

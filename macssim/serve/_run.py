@@ -40,7 +40,7 @@ from macssim.hardware import Topology, load_topology
 from macssim.placement import PLACEMENTS, placements_from_trace
 from macssim.policies import expert_labels_from_trace, get_policy
 from macssim.policies._scope import local_expert_tables
-from macssim.replay._run import _device, _plans_for_step, _versions
+from macssim.replay import package_versions, plans_for_step, torch_device
 from macssim.serve._arrivals import Arrival, poisson_arrivals, read_arrivals
 from macssim.serve._metrics import Sla, request_table, run_summary, step_table
 from macssim.serve._routing import compose_step, recorded_requests, step_key
@@ -186,7 +186,7 @@ def serve(config: ServeConfig, progress: Callable[[int, float], None] | None = N
     """
     started = time.perf_counter()
     _check_config(config)
-    device = _device(config.device)
+    device = torch_device(config.device)
     torch.manual_seed(config.seed)
     trace = open_trace(config.trace)
     model = trace.model
@@ -229,7 +229,7 @@ def serve(config: ServeConfig, progress: Callable[[int, float], None] | None = N
         schedule=schedule, requests=request_table(schedule, config.sla),
         steps=step_table(schedule),
         summary=run_summary(schedule, config.sla, topology.num_gpus), replay=record,
-        versions=_versions(), wall_s=time.perf_counter() - started)
+        versions=package_versions(), wall_s=time.perf_counter() - started)
 
 
 def _spec(arrival: Arrival, rec, output_tokens: int | None) -> RequestSpec:
@@ -298,9 +298,9 @@ def _cluster_step_time(config: ServeConfig, trace, model: ModelFacts, topology: 
                                  exchange_bytes=None if p.exchange_bytes is None
                                  else p.exchange_bytes.cpu().numpy(),
                                  experts=layer_maps[i])
-                    for i, p in enumerate(_plans_for_step(step, model, policy, placement_t,
-                                                          labels, device, policy_gpu,
-                                                          local_t))]
+                    for i, p in enumerate(plans_for_step(step, model, policy, placement_t,
+                                                         labels, device, policy_gpu,
+                                                         local_t))]
         result = simulate_step(topology, model, placement, step_kind=step.kind,
                                token_gpu=token_gpu, position=step.position,
                                modality=step.modality, layers=routings,
