@@ -194,9 +194,10 @@ def derive_weights(topk_scores: np.ndarray, exact_sum: bool = False) -> np.ndarr
         for j in range(1, s.shape[-1]):
             total = total + s[..., j].astype(np.float64)
     total32 = total.astype(np.float32)[..., None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = s.astype(np.float32) / np.where(total32 > 0, total32, np.float32(1))
-    return np.where(total32 > 0, w, np.float32(0)).astype(np.float32)
+    w = np.zeros(s.shape, dtype=np.float32)
+    np.divide(s.astype(np.float32, copy=False), total32, out=w,
+              where=np.broadcast_to(total32 > 0, s.shape))
+    return w
 
 
 # -- top-N scores ------------------------------------------------------------------------
