@@ -102,7 +102,7 @@ def _admit_local(ids: np.ndarray, scores: np.ndarray, table: np.ndarray,
     num_experts = scores.shape[1]
     width = top_k + table.shape[2]
     num_buckets = limit.shape[0]
-    cand_ids = np.full((num_rows, width), -1, dtype=np.int64)
+    cand_ids = np.empty((num_rows, width), dtype=np.int64)
     cand = np.zeros((num_rows, width), dtype=np.bool_)
     demand = np.zeros(num_buckets)
     count = np.zeros(num_buckets + 1, dtype=np.int64)
@@ -110,11 +110,9 @@ def _admit_local(ids: np.ndarray, scores: np.ndarray, table: np.ndarray,
         layer = r // tokens_per_layer if table.shape[0] > 1 else 0
         base = row_source[r] * num_experts
         for c in range(width):
-            if c < top_k:
-                e = ids[r, c]
-            else:
-                e = table[layer, row_gpu[r], c - top_k]
-                cand_ids[r, c] = e
+            e = ids[r, c] if c < top_k else table[layer, row_gpu[r], c - top_k]
+            cand_ids[r, c] = e
+            if c >= top_k:   # a local expert: real, scored, not already among the top-k
                 if e < 0 or not scores[r, e] > 0:
                     continue
                 duplicate = False
@@ -122,7 +120,6 @@ def _admit_local(ids: np.ndarray, scores: np.ndarray, table: np.ndarray,
                     duplicate |= ids[r, j] == e
                 if duplicate:
                     continue
-            cand_ids[r, c] = e
             cand[r, c] = True
             demand[base + e] += size[r]
             count[base + e + 1] += 1

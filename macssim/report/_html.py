@@ -368,21 +368,14 @@ def _choices_section(choices: Sequence[Choice], sla: Sequence[str]) -> str:
     shown = ("label", "point_index", "source", "topology", "num_gpus", "capacity_factor",
              "placement", "redundant_experts", "policy", "moe_latency_p99_s",
              "step_latency_mean_s", "tokens_per_s_per_gpu", "dropped_semantic_mass_frac")
-    records = []
-    for ch in choices:
-        row = dict(ch.row or {})
-        if row and "tokens_per_s" in row and row.get("num_gpus"):
-            row["tokens_per_s_per_gpu"] = row["tokens_per_s"] / row["num_gpus"]
-        if row and not row.get("source"):
-            t = row.get("scenario") or row.get("trace") or "?"
-            row["source"] = Path(t).name if "/" in str(t) else t
-        row["label"] = ch.label + (f" ({ch.note})" if ch.note else "")
-        records.append(row)
+    records = pd.DataFrame([{**(ch.row or {}),
+                             "label": ch.label + (f" ({ch.note})" if ch.note else "")}
+                            for ch in choices])
     intro = ("<p>SLA: " + html.escape(", ".join(sla) or "none") + ". Cheapest: the fewest "
              "GPUs, then the fewest GPU-seconds per token, then the least dropped semantic "
              "mass (as <code>macssim recommend</code> judges).</p>")
     return _section("Cheapest configuration meeting the SLA",
-                    intro + _table(pd.DataFrame(records), shown, "recommendation")
+                    intro + _table(_with_derived(records), shown, "recommendation")
                     + _macs_change(choices))
 
 

@@ -103,14 +103,17 @@ class SweepSpec:
                 for i, axes in enumerate(a for a in combos if meaningful(a))]
 
     def num_points(self) -> int:
-        """``len(points())`` without building them (the product may be huge)."""
+        """``len(points())`` without building them (the product may be huge): only the
+        placement × redundant-experts pairs can be left out (``meaningful``), so count
+        those and scale by the other axes."""
         full = 1
         for name in self.active_axes():
             full *= len(self.values[name])
         placements, redundant = self.values["placement"], self.values["redundant_experts"]
         pairs = len(placements) * len(redundant)
-        left_out = placements.count("contiguous") * sum(1 for n in redundant if n)
-        return full // pairs * (pairs - left_out) if pairs else full
+        kept = sum(meaningful({"placement": p, "redundant_experts": n})
+                   for p, n in itertools.product(placements, redundant))
+        return full // pairs * kept if pairs else full
 
 
 def make_sweep(values: dict[str, Any], settings: dict[str, Any] | None = None, *,

@@ -495,6 +495,8 @@ class Trace:
         self.provenance: dict[str, Any] = dict(
             mapping(header["provenance"], where, "provenance", error=TraceError))
         self._data_start = _HEAD + hlen
+        self._spec_cache: dict[tuple[int, str], list[_Spec]] = {}
+        """Array descriptions already checked (``_checked_specs``)."""
 
     def _read_index(self, fh: BinaryIO) -> None:
         end_at = self._size - _TAIL
@@ -789,12 +791,11 @@ class Trace:
         their arrays identically, and a description that passed once passes again. The key
         is the description's text, so nothing unchecked is ever reused."""
         key = (payload_bytes, repr(specs))
-        cache = self.__dict__.setdefault("_spec_cache", {})
-        hit = cache.get(key)
+        hit = self._spec_cache.get(key)
         if hit is None:
             hit = self._check_specs(specs, payload_bytes, where)
-            if len(cache) < 256:
-                cache[key] = hit
+            if len(self._spec_cache) < 256:
+                self._spec_cache[key] = hit
         return hit
 
     def _check_specs(self, specs: Any, payload_bytes: int, where: str) -> list[_Spec]:
