@@ -88,6 +88,36 @@ def test_worker_processes_give_the_same_frames_in_the_same_order(small_trace, re
     assert parallel.costs == result.costs
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_routing_equal_to_an_earlier_policys_is_simulated_once(small_trace, result,
+                                                                 monkeypatch, jobs):
+    """Decode steps route as vanilla under every policy: each is simulated once and its
+    result serves all four policies, with frames equal to simulating every policy (the
+    fixture's run, and a run with the twin test switched off)."""
+    import macssim.replay._run as run
+
+    calls = []
+    real = run.simulate_step
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["step_index"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "simulate_step", counting)
+    twins = replay(config(small_trace, jobs=jobs))
+    if jobs == 1:
+        steps = result.steps
+        decode = sorted(set(steps.step[steps.kind == "decode"]))
+        assert decode and all(calls.count(i) == 1 for i in decode)
+        assert len(calls) < len(steps)
+    monkeypatch.setattr(run, "_same_routing", lambda a, b: False)
+    every = replay(config(small_trace, jobs=jobs))
+    for other in (result, every):
+        assert twins.layers.equals(other.layers)
+        assert twins.steps.equals(other.steps)
+        assert twins.phases.equals(other.phases)
+
+
 def test_piped_progress_is_plain_lines(small_trace, tmp_path):
     res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--policy",
                                     "vanilla", "--steps", "2", "--out", str(tmp_path / "r")])

@@ -39,6 +39,12 @@ PHASE_DTYPE = np.dtype([("layer", "<i4"), ("gpu", "<i4"), ("phase", "<i1"),
 encoder, layer L (the number of MoE layers) the output head."""
 
 
+def _flat_dict(record: Any) -> dict[str, Any]:
+    """``dataclasses.asdict`` for a record of scalars, without its recursive deep copy
+    (a replay turns ~10k GPU-layer records into rows per policy and step)."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
 @dataclass(frozen=True)
 class PhaseRecord:
     """One phase of one GPU: when it started and ended (seconds from the step's start)."""
@@ -55,7 +61,7 @@ class PhaseRecord:
         return self.end_s - self.start_s
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "duration_s": self.duration_s}
+        return {**_flat_dict(self), "duration_s": self.duration_s}
 
     def to_chrome_event(self, *, offset_s: float = 0.0, pid: int = 0) -> dict[str, Any]:
         """A complete ("X") event; ``pid`` groups GPUs (macssim uses the node)."""
@@ -82,7 +88,7 @@ class GpuLayerRecord:
     arrival_s: float
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _flat_dict(self)
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,7 @@ class LayerRecord:
     dispatch_bytes: float
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _flat_dict(self)
 
 
 @dataclass(frozen=True)
@@ -152,21 +158,26 @@ class StepResult:
                                  float(r["start_s"]), float(r["end_s"]))
                      for r in self.phase_table)
 
-    def frames(self) -> dict[str, Any]:
-        """pandas DataFrames: ``step`` (one row), ``layers``, ``gpu_layers``, ``phases``."""
+    def phases_frame(self) -> Any:
+        """The phase table as a pandas DataFrame (``frames()["phases"]`` alone)."""
         import pandas as pd
 
         table = self.phase_table
-        phases = pd.DataFrame({
+        return pd.DataFrame({
             "step": self.step, "layer": table["layer"], "gpu": table["gpu"],
             "phase": np.asarray(PHASES, dtype=object)[table["phase"]],
             "start_s": table["start_s"], "end_s": table["end_s"],
             "duration_s": table["end_s"] - table["start_s"]})
+
+    def frames(self) -> dict[str, Any]:
+        """pandas DataFrames: ``step`` (one row), ``layers``, ``gpu_layers``, ``phases``."""
+        import pandas as pd
+
         return {
             "step": pd.DataFrame([self.to_dict()]),
             "layers": pd.DataFrame(self.to_records()),
             "gpu_layers": pd.DataFrame([r.to_dict() for r in self.gpu_layers]),
-            "phases": phases,
+            "phases": self.phases_frame(),
         }
 
     def to_chrome_trace(self, *, offset_s: float = 0.0) -> list[dict[str, Any]]:

@@ -330,7 +330,7 @@ def replay(config: ReplayConfig,
                           **result.to_dict()})
         for rec in result.gpu_layers:
             gpu_load[name][rec.layer, rec.gpu] += rec.expert_assignments
-        phases = result.frames()["phases"]
+        phases = result.phases_frame()
         phases.insert(0, "policy", name)
         if on_phases is None:
             phase_frames.append(phases)
@@ -343,7 +343,8 @@ def replay(config: ReplayConfig,
             progress(done, total)
 
     def tasks():
-        """(policy, step, its drops, simulate_step's per-step arguments), in order."""
+        """(policy, step, its drops, simulate_step's per-step arguments or the name of an
+        earlier policy of the same step whose routing was the same), in order."""
         # One assigner for the whole trace: a request keeps the GPU that holds its KV cache.
         assigner = RequestAssigner(topology.num_gpus)
         for step in trace:
@@ -360,6 +361,7 @@ def replay(config: ReplayConfig,
                     score_gaps["token_layers"] += int(np.count_nonzero(at))
                     score_gaps["of"] += int(at.size)
             capped = step.kind == "prefill" or config.capacity_in_decode
+            simulated: list[tuple[str, list[LayerRouting]]] = []
             for name, policy in policies.items():
                 routings, per_layer_drops = [], []
                 for plan in plans_for_step(step, model, policy if capped else uncapped,
@@ -373,21 +375,38 @@ def replay(config: ReplayConfig,
                                                  experts=layer_maps[len(routings)]))
                     per_layer_drops.append(plan.drops)
                     _tally(drop_tally, (name, step.kind), plan.drops)
+                twin = next((earlier for earlier, r in simulated
+                             if _same_routing(r, routings)), None)
+                if twin is not None:
+                    yield name, step, per_layer_drops, twin
+                    continue
+                simulated.append((name, routings))
                 yield name, step, per_layer_drops, dict(
                     step_kind=step.kind, token_gpu=token_gpu, position=step.position,
                     modality=step.modality, layers=routings, request_id=step.request_id,
                     step_index=step.index)
 
+    # A policy whose routing equals an earlier policy's on the same step (every decode
+    # step when capacity is off there) reuses that simulation: the step is a pure
+    # function of its inputs, so the result is the same, at no cost.
     worker_counts: dict[int, dict] = {}
+    twins = _Twins()
     if config.jobs == 1:
         for name, step, per_layer_drops, args in tasks():
-            record(name, step, per_layer_drops,
-                   simulate_step(topology, model, placement, options=options, **args))
+            result = twins.get(args) if isinstance(args, str) else twins.keep(
+                step.index, name, simulate_step(topology, model, placement, options=options,
+                                                **args))
+            record(name, step, per_layer_drops, result)
         coverage = costs.coverage()
     else:
-        for name, step, per_layer_drops, (result, pid, counts) in _in_workers(
+        for name, step, per_layer_drops, outcome in _in_workers(
                 config.jobs, (topology, model, placement, options), tasks()):
-            worker_counts[pid] = counts
+            if isinstance(outcome, str):
+                result = twins.get(outcome)
+            else:
+                result, pid, counts = outcome
+                worker_counts[pid] = counts
+                twins.keep(step.index, name, result)
             record(name, step, per_layer_drops, result)
         coverage = _merged_coverage(costs.coverage(), worker_counts.values())
     drops = pd.DataFrame([{"policy": p, "kind": kind, "modality": m, **v}
@@ -409,6 +428,35 @@ _DROP_FIELDS = tuple(f.name for f in dataclasses.fields(DropStats))
 _RANK_LOCAL_SCORES = ("expanded-drop", "macs")
 """Policies whose candidates include every expert on the token's GPU, ranked by score:
 on a top-N trace they cannot rank the unscored ones (``ReplayResult.score_gaps``)."""
+
+
+class _Twins:
+    """The current step's simulated results by policy, for the policies whose routing
+    repeats an earlier one's (``tasks`` names the twin)."""
+
+    def __init__(self) -> None:
+        self._step = -1
+        self._results: dict[str, Any] = {}
+
+    def keep(self, step: int, name: str, result: Any) -> Any:
+        if step != self._step:
+            self._step, self._results = step, {}
+        self._results[name] = result
+        return result
+
+    def get(self, name: str) -> Any:
+        return self._results[name]
+
+
+def _same_routing(a: list[LayerRouting], b: list[LayerRouting]) -> bool:
+    """Whether two policies' routings of one step are the same, layer for layer (the rest
+    of the step's inputs are shared)."""
+    def same(x: np.ndarray | None, y: np.ndarray | None) -> bool:
+        return x is y or (x is not None and y is not None and np.array_equal(x, y))
+
+    return all(same(p.expert_ids, q.expert_ids) and same(p.kept, q.kept)
+               and same(p.exchange_bytes, q.exchange_bytes) and p.experts is q.experts
+               for p, q in zip(a, b, strict=True))
 
 
 def _tally(tally, key: tuple[str, str], drops) -> None:
@@ -466,8 +514,9 @@ def _simulate(args: dict) -> tuple[Any, int, dict | None]:
 
 def _in_workers(jobs: int, shared: tuple, tasks):
     """``tasks`` (name, step, drops, args) simulated on ``jobs`` forked workers, yielded in
-    order as (name, step, drops, (result, worker pid, its cost counts so far)); at most
-    2·jobs in flight, so memory stays flat."""
+    order as (name, step, drops, (result, worker pid, its cost counts so far)); a task
+    whose args name an earlier twin is passed through as that name. At most 2·jobs in
+    flight, so memory stays flat."""
     import multiprocessing
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
@@ -479,15 +528,21 @@ def _in_workers(jobs: int, shared: tuple, tasks):
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_start_worker) as pool:
             for name, step, drops, args in tasks:
-                pending.append((name, step, drops, pool.submit(_simulate, args)))
+                pending.append((name, step, drops, args if isinstance(args, str)
+                                else pool.submit(_simulate, args)))
                 while len(pending) > 2 * jobs:
                     name0, step0, drops0, future = pending.popleft()
-                    yield name0, step0, drops0, future.result()
+                    yield name0, step0, drops0, _outcome(future)
             while pending:
                 name0, step0, drops0, future = pending.popleft()
-                yield name0, step0, drops0, future.result()
+                yield name0, step0, drops0, _outcome(future)
     finally:
         _SHARED = None
+
+
+def _outcome(future):
+    """A worker's (result, pid, counts), or the name of the earlier twin it stands for."""
+    return future if isinstance(future, str) else future.result()
 
 
 def _merged_coverage(coverage: dict, worker_counts) -> dict:

@@ -15,7 +15,9 @@ modality shapes how the top-8 mass spreads without changing which experts win: e
 choice (and so load imbalance) and score shape are calibrated independently.
 
 Everything a user may turn is in ``RoutingKnobs``; ``docs/synthetic.md`` gives each
-knob's meaning, unit, default and the published figure behind it.
+knob's meaning, unit, default and the published figure behind it. Its field defaults are
+calibrated on DeepSeek-R1; ``knobs_for_model`` gives each bundled preset the values
+calibrated on its own family, where a measurement of that family exists.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from macssim.trace._model import ModelFacts
 
 __all__ = [
     "RoutingKnobs",
+    "knobs_for_model",
     "RouterState",
     "build_router_state",
     "route_layer",
@@ -140,6 +143,30 @@ class RoutingKnobs:
         if unknown:
             raise TraceError(f"{where}: unknown knob(s) {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+
+_QWEN3_30B_A3B = {
+    "popularity_sigma": 0.457, "popularity_sigma_spread": 0.6,
+    "sharpness_visual": 0.364, "sharpness_text": 0.941,
+}
+"""Calibrated on Qwen3-30B-A3B's measured expert concentration (hottest expert 4.3 % of a
+layer's assignments, 1 - normalised entropy 0.111, ~1k diverse text tokens;
+``_synth_stats.QWEN3_CONCENTRATION_TARGET``); sharpness refitted on top of it to
+Qwen3-VL-30B-A3B's top-8 mass. ``benchmarks/calibrate_synth.py`` reproduces them."""
+
+_FAMILY_KNOBS: dict[str, dict[str, float]] = {
+    "qwen3-vl-30b-a3b": _QWEN3_30B_A3B,
+    "internvl3.5-30b-a3b": _QWEN3_30B_A3B,   # its language model is Qwen3-30B-A3B
+}
+"""Per-preset knob values that differ from the field defaults. A preset not named here
+(``kimi-vl-a3b``: a DeepSeek-V3-style Moonlight decoder, no published load figure of its
+own) keeps the defaults, calibrated on DeepSeek-R1 at EP32."""
+
+
+def knobs_for_model(name: str) -> RoutingKnobs:
+    """The routing knobs calibrated for model preset ``name`` (the DeepSeek-R1-calibrated
+    defaults for any model without a family figure)."""
+    return RoutingKnobs(**_FAMILY_KNOBS.get(name.lower(), {}))
 
 
 @dataclass(frozen=True)

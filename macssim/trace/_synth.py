@@ -35,6 +35,7 @@ from macssim.trace._routing_model import (
     RoutingKnobs,
     build_router_state,
     feature_entropy,
+    knobs_for_model,
     route_layer,
 )
 from macssim.trace._scenario import Scenario, get_scenario
@@ -198,7 +199,7 @@ def _resolve(model: ModelFacts | str, scenario: Scenario | str, num_steps: int, 
             f"synth: scenario {brief(scenario.name)} on model {brief(model.name)} may make a "
             f"step of {largest} tokens, {need / 2**30:.1f} GiB of routing; a trace step holds "
             f"at most {Limits.MAX_STEP_PAYLOAD_BYTES / 2**30:.0f} GiB: lower the batch size")
-    return model, scenario, knobs if knobs is not None else RoutingKnobs()
+    return model, scenario, knobs if knobs is not None else knobs_for_model(model.name)
 
 
 def synthetic_steps(model: ModelFacts | str, scenario: Scenario | str, num_steps: int,
