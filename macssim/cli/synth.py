@@ -38,6 +38,8 @@ def _print_scenarios() -> None:
 
 
 def _print_summary(summary) -> None:
+    from macssim.trace import calibration_of
+
     imb = summary.expert_imbalance
     rows = [
         ("model", summary.model),
@@ -49,6 +51,7 @@ def _print_summary(summary) -> None:
     ]
     rows += [(f"  {name}", f"{n:,}") for name, n in summary.tokens_by_modality.items() if n]
     rows += [
+        ("routing skew", f"calibrated on {calibration_of(summary.model)}"),
         ("expert load max/mean", f"mean over layers {sum(imb) / len(imb):.2f}, "
                                  f"worst layer {max(imb):.2f} "
                                  f"(layer {imb.index(max(imb))})"),

@@ -18,7 +18,7 @@ from macssim.trace._format import (
     write_trace,
 )
 from macssim.trace._model import ExpertSet, ModelFacts, get_model_preset, list_model_presets
-from macssim.trace._routing_model import RoutingKnobs, knobs_for_model
+from macssim.trace._routing_model import RoutingKnobs, calibration_of, knobs_for_model
 from macssim.trace._scenario import (
     RequestKind,
     Scenario,
@@ -46,6 +46,7 @@ __all__ = [
     "ModelFacts",
     "RequestKind",
     "RoutingKnobs",
+    "calibration_of",
     "knobs_for_model",
     "Scenario",
     "Step",

@@ -35,6 +35,7 @@ from macssim.trace._model import ModelFacts
 
 __all__ = [
     "RoutingKnobs",
+    "calibration_of",
     "knobs_for_model",
     "RouterState",
     "build_router_state",
@@ -167,6 +168,13 @@ def knobs_for_model(name: str) -> RoutingKnobs:
     """The routing knobs calibrated for model preset ``name`` (the DeepSeek-R1-calibrated
     defaults for any model without a family figure)."""
     return RoutingKnobs(**_FAMILY_KNOBS.get(name.lower(), {}))
+
+
+def calibration_of(name: str) -> str:
+    """What ``knobs_for_model(name)``'s expert popularity is calibrated on, in words."""
+    if name.lower() in _FAMILY_KNOBS:
+        return "Qwen3-30B-A3B's measured expert concentration (docs/synthetic.md)"
+    return "DeepSeek-R1 at EP32, the RoutingKnobs defaults (docs/synthetic.md)"
 
 
 @dataclass(frozen=True)
