@@ -118,6 +118,35 @@ def test_a_routing_equal_to_an_earlier_policys_is_simulated_once(small_trace, re
         assert twins.phases.equals(other.phases)
 
 
+def test_policies_plan_on_one_torch_thread_and_the_count_is_restored(small_trace,
+                                                                       monkeypatch):
+    """Small per-step tensors: replay runs torch on one intra-op thread, then gives the
+    caller's setting back (also after an error)."""
+    import torch
+
+    import macssim.replay._run as run
+
+    seen = []
+    real = run.plans_for_step
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "plans_for_step", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        replay(config(small_trace, policies=("token-drop",), max_steps=2))
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+        with pytest.raises(MacssimError):
+            replay(config(small_trace, topology="no-such-topology"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_piped_progress_is_plain_lines(small_trace, tmp_path):
     res = CliRunner().invoke(main, ["replay", "--trace", str(small_trace), "--policy",
                                     "vanilla", "--steps", "2", "--out", str(tmp_path / "r")])

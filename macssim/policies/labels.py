@@ -75,8 +75,8 @@ def expert_labels_from_trace(trace, threshold: float = 0.1,
     """Labels [L, E] from a trace (``macssim.trace.Trace``), reading up to ``max_steps``
     steps one at a time."""
     counter = ExpertLabelCounter(trace.model.num_moe_layers, trace.model.num_experts)
-    for i, step in enumerate(trace):
+    for i, (topk_ids, modality) in enumerate(trace.expert_choices()):
         if max_steps is not None and i >= max_steps:
             break
-        counter.add(step.topk_ids, step.modality)
+        counter.add(topk_ids, modality)
     return counter.labels(threshold)

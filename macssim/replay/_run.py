@@ -13,6 +13,7 @@ import torch
 
 from macssim import __version__
 from macssim._errors import MacssimError, PolicyError
+from macssim._threads import one_torch_thread
 from macssim._validate import (
     Limits,
     brief,
@@ -261,6 +262,13 @@ def replay(config: ReplayConfig,
         MacssimError (TraceError, TopologyError, PolicyError) for bad input, before any
         simulation when it can be known up front.
     """
+    with one_torch_thread():
+        return _replay(config, progress, on_phases)
+
+
+def _replay(config: ReplayConfig,
+            progress: Callable[[int, int], None] | None = None,
+            on_phases: Callable[[pd.DataFrame], None] | None = None) -> ReplayResult:
     _check_config(config)
     device = torch_device(config.device)
     torch.manual_seed(config.seed)

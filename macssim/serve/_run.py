@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from macssim._errors import PolicyError
+from macssim._threads import one_torch_thread
 from macssim._validate import Limits, check_int, check_number
 from macssim.cluster import (
     LayerRouting,
@@ -184,6 +185,12 @@ def serve(config: ServeConfig, progress: Callable[[int, float], None] | None = N
         MacssimError (ServeError, TraceError, TopologyError, PolicyError) for bad input,
         before any simulation where it can be known up front.
     """
+    with one_torch_thread():
+        return _serve(config, progress, step_time)
+
+
+def _serve(config: ServeConfig, progress: Callable[[int, float], None] | None = None,
+           step_time: Callable[[StepBatch], StepCost | float] | None = None) -> ServeResult:
     started = time.perf_counter()
     _check_config(config)
     device = torch_device(config.device)

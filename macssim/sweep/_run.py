@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from macssim._threads import one_torch_thread
 from macssim.sweep._axes import SweepError
 from macssim.sweep._point import run_point, worker_init
 from macssim.sweep._spec import Point, SweepSpec
@@ -100,15 +101,9 @@ Results = Iterator[tuple[Point, list[dict[str, Any]]]]
 
 
 def _in_process(todo: list[Point]) -> Results:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each pool worker has: the same figures either way
-    try:
+    with one_torch_thread():  # as each pool worker has
         for p in todo:
             yield p, run_point(p.to_dict())
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _in_pool(todo: list[Point], jobs: int) -> Results:

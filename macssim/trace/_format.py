@@ -581,6 +581,15 @@ class Trace:
             raise TraceError(f'{self.path}: index: "num_tokens" is {self.num_tokens}, but the '
                              f"steps hold {tokens} tokens")
 
+    def expert_choices(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(topk_ids [L, T, k], modality [T]) of every step in order, each checked, without
+        the rest of the step: what counting expert loads per modality needs (MACS's
+        expert labels read a whole trace for these alone; spreading a prefill's top-N
+        scores to [L, T, E] would take most of the time)."""
+        with self._open() as fh:
+            for i in range(self.num_steps):
+                yield self._read_step(fh, i, choices_only=True)
+
     def step(self, i: int) -> Step:
         if not 0 <= i < self.num_steps:
             raise IndexError(f"{self.path}: step {i} out of range [0, {self.num_steps})")
@@ -604,14 +613,35 @@ class Trace:
             raise TraceError(f"{self.path}: cannot read trace: {e.strerror or e}") from e
 
     # -- one step -----------------------------------------------------------------------
-    def _read_step(self, fh: BinaryIO, i: int) -> Step:
+    def _read_step(self, fh: BinaryIO, i: int, choices_only: bool = False) -> Any:
         where = f"{self.path}, step {i}"
         try:
-            return self._read_step_unguarded(fh, i, where)
+            return self._read_step_unguarded(fh, i, where, choices_only)
         except OSError as e:
             raise TraceError(f"{where}: cannot read: {e.strerror or e}") from e
 
-    def _read_step_unguarded(self, fh: BinaryIO, i: int, where: str) -> Step:
+    def _expert_choices(self, payload: bytes, specs: list, num_tokens: int, where: str
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """(topk_ids, modality) of a step's payload, decoded and checked alone."""
+        model = self.model
+        got = {spec[0]: _decode_array(payload, spec, self._table) for spec in specs
+               if spec[0] in ("topk_ids", "modality")}
+        ids, modality = got["topk_ids"], got["modality"]
+        if modality.shape != (num_tokens,):
+            raise TraceError(f'{where}: "num_tokens" is {num_tokens}, but "modality" holds '
+                             f"{modality.shape[0]} tokens")
+        want = (model.num_moe_layers, num_tokens, model.top_k)
+        if ids.shape != want:
+            raise TraceError(f'{where}: "topk_ids" has shape {list(ids.shape)}, expected '
+                             f"[L, T, k] = {list(want)}")
+        _check_ids(ids, model.num_experts, "topk_ids", where)
+        if modality.size and int(modality.max()) >= len(MODALITIES):
+            raise TraceError(f'{where}: "modality" holds code {int(modality.max())}, expected '
+                             f"0..{len(MODALITIES) - 1} ({', '.join(MODALITIES)})")
+        return ids, modality
+
+    def _read_step_unguarded(self, fh: BinaryIO, i: int, where: str,
+                             choices_only: bool = False) -> Step | tuple[np.ndarray, ...]:
         at = self._offsets[i]
         end = self._offsets[i + 1] if i + 1 < self.num_steps else self._index_at
         fh.seek(at)
@@ -669,12 +699,14 @@ class Trace:
             raise TraceError(f"{where}: checksum mismatch (crc32): the bytes are corrupt")
         payload = _codec.decompress(stored, compression, payload_bytes, where)
         del stored
+        for name in self.stored_fields:
+            if name not in derived and not any(spec[0] == name for spec in specs):
+                raise TraceError(f'{where}: field "{name}" is missing')
+        if choices_only:
+            return self._expert_choices(payload, specs, num_tokens, where)
         values = {spec[0]: _decode_array(payload, spec, self._table) for spec in specs}
         half = any(sp[0] in ("topk_scores", "scores") and sp[1].str == "<f2" for sp in specs)
         del payload
-        for name in self.stored_fields:
-            if name not in values and name not in derived:
-                raise TraceError(f'{where}: field "{name}" is missing')
         if values["modality"].shape[0] != num_tokens:
             raise TraceError(f'{where}: "num_tokens" is {num_tokens}, but "modality" holds '
                              f"{values['modality'].shape[0]} tokens")

@@ -136,6 +136,29 @@ def test_full_scores_v2_equals_v1(tmp_path):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_expert_choices_are_the_steps_ids_and_modalities(tmp_path, version):
+    """The labels' light read gives exactly what a full read holds, for v1 and v2."""
+    steps = [make_step(i, seed=i) for i in range(3)]
+    trace = open_trace(write_trace(tmp_path / "t.mtrace", facts(), {}, steps,
+                                  format_version=version))
+    choices = list(trace.expert_choices())
+    assert len(choices) == trace.num_steps
+    for (ids, modality), step in zip(choices, trace, strict=True):
+        np.testing.assert_array_equal(ids, step.topk_ids)
+        np.testing.assert_array_equal(modality, step.modality)
+
+
+def test_expert_choices_check_what_they_read(tmp_path):
+    """An expert id out of range is named as in a full read."""
+    stored, filters, derived = _good_v2()
+    stored["topk_ids"] = np.full_like(stored["topk_ids"], 9)
+    rec = spec.encode_step_v2(0, stored, filters, derived)
+    path = _write_raw(tmp_path, spec.encode_trace_v2([rec], candidates=3))
+    with pytest.raises(TraceError, match=r't\.mtrace, step 0, layer 0: "topk_ids" holds expert 9'):
+        list(open_trace(path).expert_choices())
+
+
 @pytest.mark.parametrize("codec", ["zstd", "zlib", "none"])
 def test_codecs_round_trip_alike(tmp_path, codec):
     steps = [make_step(i, seed=i) for i in range(2)]
