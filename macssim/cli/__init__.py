@@ -29,7 +29,7 @@ def main() -> None:
           one operation's time from a measured kernel table
       macssim sweep --topology 8xH100,16xH100 --capacity-factor 1,1.25 --out results.parquet
           replay many cluster designs into one table (--arrival-rate: serving runs)
-      macssim report results.parquet --sla moe_latency_p99_s<=0.0003
+      macssim report results.parquet --sla moe_latency_p99_s<=0.00035
           a self-contained HTML page of the table: Pareto fronts, the cheapest design
     """
 
