@@ -9,7 +9,9 @@ lengths (vLLM's random dataset), a stated concurrency, mean TTFT and mean TPOT:
   i.e. a static batch of one). Not stated: the A100 variant, the number of GPUs, the vLLM
   version and flags. We assume one A100-SXM4-80GB (benchmarks/data/1xA100.yaml; the 61 GB
   of BF16 weights need an 80 GB part on one GPU). Costs: the roofline (no measured tables
-  exist for A100).
+  exist for A100). Token budget 2,048: vLLM's default for `vllm serve` on an A100 (its
+  V1 engine keeps the 8,192 of large GPUs off A100), so prompts over 2,048 tokens are
+  prefilled in chunks.
 - ``--source h100``: vllm-project/vllm PR #23151 ("Add tuned fused_moe configs for
   Qwen3-30B-A3B", wenchen76, 2025-08-19), the run "WO tuned configs (TP=1, EP=1, on H100)":
   BF16, `VLLM_USE_DEEP_GEMM=1 vllm serve` with default flags, `benchmark_serving.py
@@ -60,6 +62,9 @@ class Published:
     url: str
     topology: Path
     costs: str
+    token_budget: int
+    """vLLM's default ``max_num_batched_tokens`` for ``vllm serve`` on that GPU (V1
+    engine/arg_utils: 8192 on GPUs of >= 70 GiB except A100, 2048 otherwise)."""
     rows: tuple[tuple[int, int, int, int, float, float], ...]
 
 
@@ -68,6 +73,7 @@ SOURCES = {
         label="Qwen3-30B-A3B, vLLM, A100, concurrency 1",
         url="https://github.com/tenstorrent/tt-inference-server/issues/340",
         topology=REPO / "benchmarks" / "data" / "1xA100.yaml", costs="roofline",
+        token_budget=2048,
         # copied from the table in the issue (comment of 2025-07-18)
         rows=((128, 128, 1, 8, 35.7, 9.6),
               (128, 1024, 1, 4, 27.0, 9.7),
@@ -80,6 +86,7 @@ SOURCES = {
         label="Qwen3-30B-A3B BF16, vLLM, 1x H100 (TP=1, EP=1), concurrency 10, 100 prompts",
         url="https://github.com/vllm-project/vllm/pull/23151",
         topology=REPO / "benchmarks" / "data" / "1xH100.yaml", costs="measured",
+        token_budget=8192,
         # "WO tuned configs": Mean TTFT 267.22 ms, Mean TPOT 13.18 ms (PR description)
         rows=((2048, 1024, 10, 100, 267.22, 13.18),)),
 }
@@ -107,11 +114,11 @@ def _run(cmd: list[str]) -> None:
 
 
 def simulate(isl: int, osl: int, concurrency: int, source: Published, topology: str,
-             policy: str, costs: str, tables: Path | None, work: Path
+             policy: str, costs: str, tables: Path | None, token_budget: int, work: Path
              ) -> tuple[float, float, str]:
     """`concurrency` requests of `isl` prompt tokens arriving at t = 0, `osl` output tokens
     each. Returns (mean TTFT ms, mean TPOT ms, cost backend)."""
-    from macssim.serve import ServeConfig, serve
+    from macssim.serve import SchedulerConfig, ServeConfig, serve
 
     scenario = work / f"static-{isl}.yaml"
     scenario.write_text(SCENARIO.format(isl=isl, decode=osl - 1, url=source.url))
@@ -124,7 +131,8 @@ def simulate(isl: int, osl: int, concurrency: int, source: Published, topology: 
                         + "".join(f"0.0,{i}\n" for i in range(concurrency)))
     result = serve(ServeConfig(trace=trace, topology=topology, policy=policy,
                                arrivals=arrivals, output_tokens=osl, costs=costs,
-                               tables=tables))
+                               tables=tables,
+                               scheduler=SchedulerConfig(token_budget=token_budget)))
     reqs = result.requests
     assert len(reqs) == concurrency and (reqs["prompt_tokens"] == isl).all(), reqs
     assert (reqs["output_tokens"] == osl).all(), reqs["output_tokens"]
@@ -142,17 +150,21 @@ def main() -> None:
     ap.add_argument("--costs", default=None, choices=["auto", "measured", "roofline"],
                     help="default: the source's (measured tables for H100, roofline for A100)")
     ap.add_argument("--tables", type=Path, default=None)
+    ap.add_argument("--token-budget", type=int, default=None,
+                    help="tokens per step (default: vLLM's default on the source's GPU)")
     ap.add_argument("--rows", type=int, default=None,
                     help="compare the first N rows of the published table")
     args = ap.parse_args()
     source = SOURCES[args.source]
     topology = args.topology or str(source.topology)
     costs = args.costs or source.costs
+    budget = args.token_budget or source.token_budget
     rows = source.rows[:args.rows] if args.rows else source.rows
 
     print(f"published: {source.label} ({source.url})")
     print(f"simulated: qwen3-vl-30b-a3b text tower on {Path(topology).name}, "
-          f"policy {args.policy}, costs {costs}, the requests of a row all at t = 0\n")
+          f"policy {args.policy}, costs {costs}, token budget {budget}, the requests of a "
+          "row all at t = 0\n")
     head = (f"{'ISL':>5} {'OSL':>5} {'conc':>4} | {'TTFT pub':>8} {'TTFT sim':>8} {'err':>7} | "
             f"{'TPOT pub':>8} {'TPOT sim':>8} {'err':>7} | costs")
     print(head)
@@ -162,7 +174,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve-vs-published-") as tmp:
         for isl, osl, conc, _n, ttft_pub, tpot_pub in rows:
             ttft, tpot, backend = simulate(isl, osl, conc, source, topology, args.policy,
-                                           costs, args.tables, Path(tmp))
+                                           costs, args.tables, budget, Path(tmp))
             e1, e2 = (ttft - ttft_pub) / ttft_pub, (tpot - tpot_pub) / tpot_pub
             errs_ttft.append(e1)
             errs_tpot.append(e2)
