@@ -7,7 +7,7 @@ process that reads like the sentence describing it:
     dense layers before this one → attention → router and policy → dispatch all-to-all
     → local experts → shared experts → combine all-to-all → arrive at the barrier
 
-and the layer ends when every GPU has arrived (``env.all_of``). The output head ends the
+and the layer ends when every GPU has arrived (``_Barrier``). The output head ends the
 step. Durations of compute phases come from ``_compute`` (rooflines; the routed experts
 costed per expert slot, as a grouped GEMM), computed for all layers before the clock
 starts; the all-to-alls run on the flow network, where dispatch
@@ -293,6 +293,22 @@ def _plan(topo: Topology, model: ModelFacts, placement: Placement, step_kind: st
         allreduce_bytes=allreduce_bytes)
 
 
+class _Barrier:
+    """Releases when all G GPUs have arrived: a count and one event (``env.all_of`` over
+    G arrival events costs G events and a condition check per arrival, per layer)."""
+
+    def __init__(self, env: simpy.Environment, num_gpus: int) -> None:
+        self.event = env.event()
+        self._left = num_gpus
+
+    def arrive(self) -> simpy.Event:
+        """One GPU arrives; returns the event to wait on."""
+        self._left -= 1
+        if self._left == 0:
+            self.event.succeed()
+        return self.event
+
+
 @dataclass
 class _LayerSim:
     """One MoE layer's SimPy objects: its two collectives and its barrier."""
@@ -301,8 +317,7 @@ class _LayerSim:
     combine: Collective
     allreduce: Collective | None
     exchange: Collective | None
-    arrivals: list[simpy.Event]
-    barrier: simpy.Event
+    barrier: _Barrier
     arrival_s: list[float]
     moe_start_s: list[float]
     start_s: float = 0.0
@@ -312,8 +327,8 @@ class _LayerSim:
 class _StepRun:
     """The SimPy side of one step: one process per GPU, the flow network, the phase log.
 
-    Each GPU's process runs the whole step; layer l's barrier is ``env.all_of`` over the
-    GPUs' arrival events, and a GPU waits on it before starting layer l + 1.
+    Each GPU's process runs the whole step; layer l's barrier releases when every GPU has
+    arrived (``_Barrier``), and a GPU waits on it before starting layer l + 1.
     """
 
     def __init__(self, env: simpy.Environment, topo: Topology, plan: _Plan,
@@ -345,9 +360,8 @@ class _StepRun:
         self.vision_end_s = 0.0
         self.head_start_s = 0.0
 
-    def _barrier(self) -> tuple[list[simpy.Event], simpy.Event]:
-        arrivals = [self.env.event() for _ in range(self.topo.num_gpus)]
-        return arrivals, self.env.all_of(arrivals)
+    def _barrier(self) -> _Barrier:
+        return _Barrier(self.env, self.topo.num_gpus)
 
     def _layer_sim(self, load: LayerLoad, exchange_bytes: np.ndarray | None) -> _LayerSim:
         topo = self.topo
@@ -363,10 +377,10 @@ class _StepRun:
         exchange = (None if exchange_bytes is None else self.collective(
             self.env, self.network, self.routes, _all_gather_legs(topo, exchange_bytes),
             topo.num_gpus))
-        arrivals, barrier = self._barrier()
-        layer = _LayerSim(dispatch, combine, allreduce, exchange, arrivals, barrier,
+        barrier = self._barrier()
+        layer = _LayerSim(dispatch, combine, allreduce, exchange, barrier,
                           [0.0] * topo.num_gpus, [0.0] * topo.num_gpus)
-        barrier.callbacks.append(lambda _e: setattr(layer, "end_s", self.env.now))
+        barrier.event.callbacks.append(lambda _e: setattr(layer, "end_s", self.env.now))
         return layer
 
     def start(self) -> None:
@@ -378,16 +392,13 @@ class _StepRun:
     def _gpu(self, g: int) -> Generator[simpy.Event, Any, None]:
         if self.vision is not None:
             yield from self._compute(-1, g, (_VISION, float(self.plan.vision_s[g])))
-            arrivals, barrier = self.vision
-            arrivals[g].succeed()
-            yield barrier
+            yield self.vision.arrive()
             self.vision_end_s = self.env.now
         for layer, sim in enumerate(self.layers):
             sim.start_s = self.env.now
             yield from self._moe_layer(layer, g, sim)
             sim.arrival_s[g] = arrived = self.env.now
-            sim.arrivals[g].succeed()
-            yield sim.barrier
+            yield sim.barrier.arrive()
             self.log.append((layer, g, _BARRIER, arrived, self.env.now))
         self.head_start_s = self.env.now
         yield from self._compute(len(self.layers), g, (_HEAD, float(self.plan.head_s[g])))
