@@ -459,8 +459,10 @@ class _StepRun:
     def result(self, step: int, step_kind: str, num_tokens: int) -> StepResult:
         plan, num_gpus = self.plan, self.topo.num_gpus
         layers, gpu_layers = [], []
+        tokens = plan.tokens.astype(np.int64).tolist()
         for layer, sim in enumerate(self.layers):
             load = plan.loads[layer]
+            assignments = load.assignments      # a property: summed once per layer
             arrival = np.array(sim.arrival_s) - sim.start_s
             latency = sim.end_s - sim.start_s
             # Attention ends, and the MoE layer starts, when the last GPU is done with
@@ -475,19 +477,18 @@ class _StepRun:
                 layer_latency_s=latency, attention_s=attention,
                 moe_latency_s=latency - attention,
                 straggler_delay_s=straggler_delay_s(arrival, attention),
-                imbalance=imbalance(load.assignments), kept_assignments=load.kept,
+                imbalance=imbalance(assignments), kept_assignments=load.kept,
                 dropped_assignments=load.dropped,
                 dispatch_bytes=float(load.dispatch_bytes.sum())))
             sent = load.dispatch_bytes.sum(axis=1).tolist()
             received = load.dispatch_bytes.sum(axis=0).tolist()
+            per_gpu = zip(tokens, assignments.tolist(), load.active_experts.tolist(), hottest,
+                          padded_sum, sent, received, arrival.tolist(), strict=True)
             gpu_layers.extend(GpuLayerRecord(
-                step=step, layer=layer, gpu=g, tokens=int(plan.tokens[g]),
-                expert_assignments=int(load.assignments[g]),
-                active_experts=int(load.active_experts[g]),
-                hottest_expert_rows=int(hottest[g]), padded_rows=int(padded_sum[g]),
-                dispatch_sent_bytes=sent[g],
-                dispatch_received_bytes=received[g], arrival_s=float(arrival[g]))
-                for g in range(num_gpus))
+                step=step, layer=layer, gpu=g, tokens=t, expert_assignments=int(a),
+                active_experts=int(n), hottest_expert_rows=int(h), padded_rows=int(pad),
+                dispatch_sent_bytes=out, dispatch_received_bytes=into, arrival_s=at)
+                for g, (t, a, n, h, pad, out, into, at) in enumerate(per_gpu))
         latency = self.env.now
         moe = sum(r.moe_latency_s for r in layers)
         return StepResult(
