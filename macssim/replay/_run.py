@@ -350,6 +350,18 @@ def _replay(config: ReplayConfig,
         if progress is not None:
             progress(done, total)
 
+    def routed(policy: Policy, step: Step, policy_gpu: np.ndarray
+               ) -> tuple[list[LayerRouting], list]:
+        """The policy's routing of every MoE layer of the step, and each layer's drops."""
+        plans = plans_for_step(step, model, policy, placement_t, labels, device, policy_gpu,
+                               local_t)
+        return ([LayerRouting(expert_ids=plan.expert_ids.cpu().numpy(),
+                              kept=plan.kept.cpu().numpy(),
+                              exchange_bytes=None if plan.exchange_bytes is None
+                              else plan.exchange_bytes.cpu().numpy(), experts=layer_map)
+                 for plan, layer_map in zip(plans, layer_maps, strict=True)],
+                [plan.drops for plan in plans])
+
     def tasks():
         """(policy, step, its drops, simulate_step's per-step arguments or the name of an
         earlier policy of the same step whose routing was the same), in order."""
@@ -369,20 +381,14 @@ def _replay(config: ReplayConfig,
                     score_gaps["token_layers"] += int(np.count_nonzero(at))
                     score_gaps["of"] += int(at.size)
             capped = step.kind == "prefill" or config.capacity_in_decode
+            # Uncapped, every policy routes as vanilla: planned once for all of them.
+            vanilla = None if capped else routed(uncapped, step, policy_gpu)
             simulated: list[tuple[str, list[LayerRouting]]] = []
             for name, policy in policies.items():
-                routings, per_layer_drops = [], []
-                for plan in plans_for_step(step, model, policy if capped else uncapped,
-                                           placement_t, labels, device, policy_gpu, local_t):
-                    ids = plan.expert_ids.cpu().numpy()
-                    kept = plan.kept.cpu().numpy()
-                    exchange = (None if plan.exchange_bytes is None
-                                else plan.exchange_bytes.cpu().numpy())
-                    routings.append(LayerRouting(expert_ids=ids, kept=kept,
-                                                 exchange_bytes=exchange,
-                                                 experts=layer_maps[len(routings)]))
-                    per_layer_drops.append(plan.drops)
-                    _tally(drop_tally, (name, step.kind), plan.drops)
+                routings, per_layer_drops = (routed(policy, step, policy_gpu) if capped
+                                             else vanilla)
+                for drops in per_layer_drops:
+                    _tally(drop_tally, (name, step.kind), drops)
                 twin = next((earlier for earlier, r in simulated
                              if _same_routing(r, routings)), None)
                 if twin is not None:

@@ -39,6 +39,7 @@ from macssim.trace._step import (
     MODALITIES,
     TOPN_FIELDS,
     Step,
+    check_modality_codes,
     check_step,
     normalise_step,
 )
@@ -635,9 +636,7 @@ class Trace:
             raise TraceError(f'{where}: "topk_ids" has shape {list(ids.shape)}, expected '
                              f"[L, T, k] = {list(want)}")
         _check_ids(ids, model.num_experts, "topk_ids", where)
-        if modality.size and int(modality.max()) >= len(MODALITIES):
-            raise TraceError(f'{where}: "modality" holds code {int(modality.max())}, expected '
-                             f"0..{len(MODALITIES) - 1} ({', '.join(MODALITIES)})")
+        check_modality_codes(modality, where)
         return ids, modality
 
     def _read_step_unguarded(self, fh: BinaryIO, i: int, where: str,

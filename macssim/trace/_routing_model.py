@@ -155,26 +155,28 @@ layer's assignments, 1 - normalised entropy 0.111, ~1k diverse text tokens;
 ``_synth_stats.QWEN3_CONCENTRATION_TARGET``); sharpness refitted on top of it to
 Qwen3-VL-30B-A3B's top-8 mass. ``benchmarks/calibrate_synth.py`` reproduces them."""
 
-_FAMILY_KNOBS: dict[str, dict[str, float]] = {
-    "qwen3-vl-30b-a3b": _QWEN3_30B_A3B,
-    "internvl3.5-30b-a3b": _QWEN3_30B_A3B,   # its language model is Qwen3-30B-A3B
+_QWEN3_SOURCE = "Qwen3-30B-A3B's measured expert concentration (docs/synthetic.md)"
+_DEFAULTS_SOURCE = "DeepSeek-R1 at EP32, the RoutingKnobs defaults (docs/synthetic.md)"
+
+_FAMILY_KNOBS: dict[str, tuple[dict[str, float], str]] = {
+    "qwen3-vl-30b-a3b": (_QWEN3_30B_A3B, _QWEN3_SOURCE),
+    "internvl3.5-30b-a3b": (_QWEN3_30B_A3B, _QWEN3_SOURCE),  # its LM is Qwen3-30B-A3B
 }
-"""Per-preset knob values that differ from the field defaults. A preset not named here
-(``kimi-vl-a3b``: a DeepSeek-V3-style Moonlight decoder, no published load figure of its
-own) keeps the defaults, calibrated on DeepSeek-R1 at EP32."""
+"""Per preset: knob values that differ from the field defaults, and what they are
+calibrated on. A preset not named here (``kimi-vl-a3b``: a DeepSeek-V3-style Moonlight
+decoder, no published load figure of its own) keeps the defaults, calibrated on
+DeepSeek-R1 at EP32."""
 
 
 def knobs_for_model(name: str) -> RoutingKnobs:
     """The routing knobs calibrated for model preset ``name`` (the DeepSeek-R1-calibrated
     defaults for any model without a family figure)."""
-    return RoutingKnobs(**_FAMILY_KNOBS.get(name.lower(), {}))
+    return RoutingKnobs(**_FAMILY_KNOBS.get(name.lower(), ({}, ""))[0])
 
 
 def calibration_of(name: str) -> str:
     """What ``knobs_for_model(name)``'s expert popularity is calibrated on, in words."""
-    if name.lower() in _FAMILY_KNOBS:
-        return "Qwen3-30B-A3B's measured expert concentration (docs/synthetic.md)"
-    return "DeepSeek-R1 at EP32, the RoutingKnobs defaults (docs/synthetic.md)"
+    return _FAMILY_KNOBS.get(name.lower(), ({}, _DEFAULTS_SOURCE))[1]
 
 
 @dataclass(frozen=True)

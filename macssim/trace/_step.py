@@ -12,8 +12,8 @@ import numpy as np
 from macssim._errors import TraceError
 from macssim.trace._model import ModelFacts
 
-__all__ = ["FIELDS_V2", "FIELD_NAMES", "FIELDS", "MODALITIES", "Step", "check_step",
-           "normalise_step", "unscored_experts_per_gpu"]
+__all__ = ["FIELDS_V2", "FIELD_NAMES", "FIELDS", "MODALITIES", "Step", "check_modality_codes",
+           "check_step", "normalise_step", "unscored_experts_per_gpu"]
 
 MODALITIES = ("text", "image", "video", "audio")
 """Modality codes: the value stored in ``modality`` is the index in this tuple."""
@@ -196,13 +196,18 @@ def _first_bad_layer(bad: np.ndarray) -> int:
     return int(np.argmax(bad.reshape(bad.shape[0], -1).any(axis=1)))
 
 
-def _check_values(step: Step, model: ModelFacts, where: str,
-                  checked: tuple[str, ...] = ()) -> None:
-    if step.num_tokens:
-        low, high = int(step.modality.min()), int(step.modality.max())
+def check_modality_codes(modality: np.ndarray, where: str) -> None:
+    """Every code indexes ``MODALITIES``."""
+    if modality.size:
+        low, high = int(modality.min()), int(modality.max())
         if low < 0 or high >= len(MODALITIES):
             raise TraceError(f'{where}: "modality" holds code {high if high > 0 else low}, '
                              f"expected 0..{len(MODALITIES) - 1} ({', '.join(MODALITIES)})")
+
+
+def _check_values(step: Step, model: ModelFacts, where: str,
+                  checked: tuple[str, ...] = ()) -> None:
+    check_modality_codes(step.modality, where)
     ids = step.topk_ids
     if ids.size and "topk_ids" not in checked:
         bad = (ids < 0) | (ids >= model.num_experts)
