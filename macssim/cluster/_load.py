@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from macssim._errors import MacssimError
-from macssim.cost import TokenCounts, count_tokens
+from macssim.cost import TokenCounts, count_routed, count_tokens
 from macssim.placement import Placement
 
 __all__ = ["LayerRouting", "LayerLoad", "ExpertMap", "layer_load"]
@@ -217,6 +217,33 @@ def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
     if routing.expert_ids.shape[0] != num_tokens:
         raise MacssimError(f'{where}: "expert_ids" has {routing.expert_ids.shape[0]} tokens, '
                            f"expected T = {num_tokens} (the step's tokens)")
+    num_gpus = experts.num_gpus
+    gpn = gpus_per_node or num_gpus
+    if experts.replicated:
+        slot_rows, counts, kept_total = _route_replicated(routing, token_gpu, experts, where,
+                                                          gpn)
+    else:
+        bad, kept_total, slot_rows, counts = count_routed(
+            routing.expert_ids, routing.kept, token_gpu,
+            experts.slots_by_expert[experts.first_slot], experts.slot_gpu, num_gpus, gpn)
+        if bad >= 0:
+            _bad_expert(where, int(routing.expert_ids.reshape(-1)[bad]), experts)
+    rows_per_slot = np.zeros((num_gpus, experts.slots_per_gpu), dtype=np.int64)
+    rows_per_slot[experts.slot_gpu, experts.slot_local] = slot_rows
+    pairs = counts.pair_tokens
+    local = np.diagonal(pairs).astype(np.int64)
+    dispatch = pairs.astype(np.float64) * float(token_bytes)
+    np.fill_diagonal(dispatch, 0.0)
+    return LayerLoad(rows_per_slot=rows_per_slot, dispatch_bytes=dispatch,
+                     local_tokens=local, kept=kept_total,
+                     dropped=_dropped(routing.kept, top_k), counts=counts)
+
+
+def _route_replicated(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
+                      where: str, gpus_per_node: int) -> tuple[np.ndarray, TokenCounts, int]:
+    """Rows per slot, token counts and kept assignments when experts have replicas (the
+    replica a token uses depends on its GPU and node: ``ExpertMap.route``)."""
+    num_tokens = token_gpu.shape[0]
     if routing.kept.all():
         t_idx = np.repeat(np.arange(num_tokens), routing.kept.shape[1])
         expert = routing.expert_ids.reshape(-1)
@@ -224,25 +251,19 @@ def layer_load(routing: LayerRouting, token_gpu: np.ndarray, experts: ExpertMap,
         t_idx, j_idx = np.nonzero(routing.kept)
         expert = routing.expert_ids[t_idx, j_idx]
     if expert.size and (expert.min() < 0 or expert.max() >= experts.num_experts):
-        bad = int(expert[(expert < 0) | (expert >= experts.num_experts)][0])
-        raise MacssimError(f'{where}: "expert_ids" holds expert {bad} in a kept entry; the '
-                           f"placement has experts 0..{experts.num_experts - 1}")
+        _bad_expert(where, int(expert[(expert < 0) | (expert >= experts.num_experts)][0]),
+                    experts)
     src_gpu = token_gpu[t_idx] if t_idx.size else np.zeros(0, np.int64)
     slot = experts.route(expert, src_gpu, gpus_per_node)
-    gpu = experts.slot_gpu[slot]
-    num_gpus = experts.num_gpus
     slot_rows = np.bincount(slot, minlength=experts.slot_gpu.size)
-    rows_per_slot = np.zeros((num_gpus, experts.slots_per_gpu), dtype=np.int64)
-    rows_per_slot[experts.slot_gpu, experts.slot_local] = slot_rows
-    gpn = gpus_per_node or num_gpus
-    counts = count_tokens(num_tokens, t_idx, src_gpu, gpu, num_gpus, gpn)
-    pairs = counts.pair_tokens
-    local = np.diagonal(pairs).astype(np.int64)
-    dispatch = pairs.astype(np.float64) * float(token_bytes)
-    np.fill_diagonal(dispatch, 0.0)
-    return LayerLoad(rows_per_slot=rows_per_slot, dispatch_bytes=dispatch,
-                     local_tokens=local, kept=int(expert.size),
-                     dropped=_dropped(routing.kept, top_k), counts=counts)
+    counts = count_tokens(num_tokens, t_idx, src_gpu, experts.slot_gpu[slot],
+                          experts.num_gpus, gpus_per_node)
+    return slot_rows, counts, int(expert.size)
+
+
+def _bad_expert(where: str, bad: int, experts: ExpertMap) -> None:
+    raise MacssimError(f'{where}: "expert_ids" holds expert {bad} in a kept entry; the '
+                       f"placement has experts 0..{experts.num_experts - 1}")
 
 
 def _dropped(kept: np.ndarray, top_k: int | None) -> int:

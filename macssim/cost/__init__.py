@@ -36,6 +36,7 @@ from macssim.cost._collectives import (
     allreduce_s,
     alltoall_s,
     collective_s,
+    count_routed,
     count_tokens,
     token_counts,
 )
@@ -116,6 +117,7 @@ __all__ = [
     "check_precision",
     "collective_s",
     "cost_model_for",
+    "count_routed",
     "count_tokens",
     "dense_mlp_s",
     "engine_parameters",

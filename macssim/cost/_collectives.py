@@ -36,6 +36,23 @@ def count_tokens(num_tokens: int, token: np.ndarray, src_gpu: np.ndarray, dst_gp
                        node_tokens=node_tokens)
 
 
+def count_routed(expert_ids: np.ndarray, kept: np.ndarray, token_gpu: np.ndarray,
+                 expert_slot: np.ndarray, slot_gpu: np.ndarray, num_gpus: int,
+                 gpus_per_node: int) -> tuple[int, int, np.ndarray, TokenCounts]:
+    """``count_tokens`` straight from a layer's [T, K] routing when each expert has one
+    slot (``expert_slot`` [E], ``slot_gpu`` [S]): (flat index of the first kept entry
+    naming no expert 0..E-1, or -1; kept assignments, rows per slot [S], token counts)."""
+    from macssim.cost._count_kernel import count_layer
+
+    bad, kept_total, slot_rows, pairs, assignment_pairs, node_tokens = count_layer(
+        np.ascontiguousarray(expert_ids, dtype=np.int64), np.ascontiguousarray(kept, dtype=bool),
+        np.ascontiguousarray(token_gpu, dtype=np.int64),
+        np.ascontiguousarray(expert_slot, dtype=np.int64),
+        np.ascontiguousarray(slot_gpu, dtype=np.int64), int(num_gpus), int(gpus_per_node))
+    return int(bad), int(kept_total), slot_rows, TokenCounts(
+        pair_tokens=pairs, assignment_pairs=assignment_pairs, node_tokens=node_tokens)
+
+
 def token_counts(topology: Topology, token_gpu: np.ndarray, expert_gpu: np.ndarray
                  ) -> TokenCounts:
     """How a routing spreads over the topology: ``token_gpu`` [T] the GPU each token lives

@@ -13,7 +13,7 @@ def compiled_kernels():
     import numpy as np
     import torch
 
-    from macssim.cost._collectives import count_tokens
+    from macssim.cost._collectives import count_routed, count_tokens
     from macssim.policies import get_policy
 
     g = torch.Generator().manual_seed(0)
@@ -24,3 +24,5 @@ def compiled_kernels():
     for name in ("token-drop", "expanded-drop", "macs"):
         get_policy(name, capacity_factor=0.5)(**batch)
     count_tokens(2, np.array([0, 1]), np.array([0, 1]), np.array([1, 0]), 2, 1)
+    count_routed(np.zeros((2, 1), np.int64), np.ones((2, 1), bool), np.zeros(2, np.int64),
+                 np.zeros(1, np.int64), np.zeros(1, np.int64), 1, 1)
