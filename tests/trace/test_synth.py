@@ -187,6 +187,25 @@ def test_popularity_sigma_varies_per_layer_at_lognormal_quantiles() -> None:
     np.testing.assert_allclose(np.sort(state.sigma_per_layer), expected)
 
 
+def test_cold_scale_stretches_only_the_cold_half_of_the_popularity() -> None:
+    """A two-piece log-normal: below the median the log-popularity spreads
+    ``popularity_cold_scale`` times as far as above it; at 1 it is the plain log-normal,
+    draw for draw."""
+    plain = dataclasses.replace(RoutingKnobs(), modality_bias=0.0)
+    cold = dataclasses.replace(plain, popularity_cold_scale=2.5)
+    a = build_router_state(WIDE, plain, np.random.default_rng(3))
+    b = build_router_state(WIDE, cold, np.random.default_rng(3))
+    np.testing.assert_array_equal(
+        build_router_state(WIDE, dataclasses.replace(plain, popularity_cold_scale=1.0),
+                           np.random.default_rng(3)).bias, a.bias)
+    pop_a, pop_b = a.bias[:, 0], b.bias[:, 0]
+    hot = pop_a >= 0
+    np.testing.assert_array_equal(pop_b[hot], pop_a[hot])
+    np.testing.assert_allclose(pop_b[~hot], 2.5 * pop_a[~hot], rtol=1e-6)
+    with pytest.raises(TraceError, match="popularity_cold_scale"):
+        RoutingKnobs(popularity_cold_scale=0.0)
+
+
 def test_modality_groups_attract_their_modality() -> None:
     seed = 6
     knobs = RoutingKnobs()
@@ -276,13 +295,15 @@ def test_popularity_skew_matches_deepseek_r1_at_ep32() -> None:
 @pytest.mark.parametrize("preset", ["qwen3-vl-30b-a3b", "internvl3.5-30b-a3b"])
 def test_qwen3_presets_match_qwen3_30b_a3b_concentration(preset) -> None:
     """Qwen3-30B-A3B (the language model of both presets), ~1k diverse text tokens: the
-    hottest expert takes 4.3 % of a layer's assignments (median over layers) and
-    1 - H/ln(E) is 0.111 (mean over layers). Each within 10 % over three seeds."""
+    hottest expert takes 4.3 % of a layer's assignments (median over layers), 65 experts
+    cover 90 % of them (median) and 1 - H/ln(E) is 0.111 (mean over layers). Each within
+    10 % over three seeds."""
     model = get_model_preset(preset)
     knobs = knobs_for_model(preset)
-    top1, _, conc = np.mean([simulate_expert_concentration(model, knobs, seed=s)
-                             for s in range(3)], axis=0)
+    top1, coverage, conc = np.mean([simulate_expert_concentration(model, knobs, seed=s)
+                                    for s in range(3)], axis=0)
     assert top1 == pytest.approx(QWEN3_CONCENTRATION_TARGET.top1_share_pct, rel=0.1)
+    assert coverage == pytest.approx(QWEN3_CONCENTRATION_TARGET.coverage90_experts, rel=0.1)
     assert conc == pytest.approx(QWEN3_CONCENTRATION_TARGET.concentration, rel=0.1)
 
 
