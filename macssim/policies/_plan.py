@@ -153,33 +153,28 @@ def drop_stats(original_weights: torch.Tensor | None, kept: torch.Tensor,
     if nan_sem:
         semantic_weight = torch.zeros(num_layers, num_tokens, device=kept.device)
     layer = torch.arange(num_layers, device=kept.device).view(-1, 1)
-    tok_bin = (layer * num_mod + modality.long().view(1, -1))            # [B, T]
-    slot_bin = tok_bin.unsqueeze(2).expand(-1, -1, k)                     # [B, T, k]
-    dropped = ~kept
-    gw = original_weights.double()
-    sw = semantic_weight.double().unsqueeze(2).expand(-1, -1, k)
+    tok_bin = (layer * num_mod + modality.long().view(1, -1)).reshape(-1)          # [B*T]
+    slot_bin = tok_bin.view(num_layers, num_tokens, 1).expand(-1, -1, k).reshape(-1)  # [B*T*k]
+    dropped = (~kept).reshape(-1).double()
+    gw = original_weights.double().reshape(-1)
+    sw = semantic_weight.double().unsqueeze(2).expand(-1, -1, k).reshape(-1)
     size = num_layers * num_mod
 
-    def count(bins: torch.Tensor, mask: torch.Tensor | None = None,
-              values: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is not None:
-            bins = bins[mask]
-            values = None if values is None else values[mask]
-        else:
-            bins = bins.reshape(-1)
-            values = None if values is None else values.reshape(-1)
+    def count(bins: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        # A masked-out entry weighs 0: the sums are the masked sums (x + 0.0 == x), with
+        # no boolean indexing of [B, T, k] tensors.
         return torch.bincount(bins, weights=values, minlength=size).view(num_layers, num_mod)
 
     table = torch.stack([
         count(slot_bin).double(),
-        count(slot_bin, dropped).double(),
-        count(tok_bin, None, rerouted_count.double()),
-        count(slot_bin, None, gw),
-        count(slot_bin, dropped, gw),
-        count(slot_bin, None, sw),
-        count(slot_bin, dropped, sw),
+        count(slot_bin, dropped),
+        count(tok_bin, rerouted_count.double().reshape(-1)),
+        count(slot_bin, gw),
+        count(slot_bin, dropped * gw),
+        count(slot_bin, sw),
+        count(slot_bin, dropped * sw),
         count(tok_bin).double(),
-        count(tok_bin, lost_all).double(),
+        count(tok_bin, lost_all.reshape(-1).double()),
     ]).cpu().numpy()                                                      # [9, B, M], _FIELDS order
     if nan_gate:
         table[3:5] = float("nan")

@@ -6,10 +6,11 @@ text; and each token adds its own preference. A token's selection logit for expe
 
     z[t, e] = pop[l, e] + g · group[l, m(t), e] + eps[t, e]
 
-with ``pop[l, e] = sigma_l · n[l, e]`` (log-normal popularity, ``n ~ N(0, 1)``), ``g`` the
-modality bias on the token's preferred group, and ``eps ~ N(0, 1)`` the token's own
-preference. Redundant visual tokens of one background cluster share most of ``eps``
-(same experts); salient tokens and text draw their own. The router's scores are
+with ``pop[l, e] = sigma_l · n[l, e]`` (log-normal popularity, ``n ~ N(0, 1)``, the cold
+half stretched by ``popularity_cold_scale``), ``g`` the modality bias on the token's
+preferred group, and ``eps ~ N(0, 1)`` the token's own preference. Redundant visual
+tokens of one background cluster share most of ``eps`` (same experts); salient tokens and
+text draw their own. The router's scores are
 ``softmax(c_m · z)`` (or ``sigmoid``) over all E experts, where the sharpness ``c_m`` per
 modality shapes how the top-8 mass spreads without changing which experts win: expert
 choice (and so load imbalance) and score shape are calibrated independently.
