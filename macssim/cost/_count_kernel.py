@@ -44,8 +44,8 @@ def count_layer(expert_ids: np.ndarray, kept: np.ndarray, token_gpu: np.ndarray,
                 expert_slot: np.ndarray, slot_gpu: np.ndarray, num_gpus: int,
                 gpus_per_node: int):
     """One pass over a layer's [T, K] routing when every expert has one slot: (flat index
-    of the first kept entry naming no expert 0..E-1, or -1, kept assignments, rows per slot [S],
-    pair_tokens, assignment_pairs, node_tokens as ``count_pairs`` gives them).
+    of the first kept entry naming no expert 0..E-1, or -1; kept assignments; rows per slot
+    [S]; pair_tokens, assignment_pairs, node_tokens as ``count_pairs`` gives them).
 
     The same counts as routing the kept entries in token order and calling
     ``count_pairs``, without the [kept] index, expert, slot and GPU temporaries."""
