@@ -39,8 +39,10 @@ from macssim.trace._step import (
     MODALITIES,
     TOPN_FIELDS,
     Step,
+    check_ids_in_range,
     check_modality_codes,
     check_step,
+    check_topk_ids,
     normalise_step,
 )
 
@@ -628,14 +630,12 @@ class Trace:
         got = {spec[0]: _decode_array(payload, spec, self._table) for spec in specs
                if spec[0] in ("topk_ids", "modality")}
         ids, modality = got["topk_ids"], got["modality"]
-        if modality.shape != (num_tokens,):
-            raise TraceError(f'{where}: "num_tokens" is {num_tokens}, but "modality" holds '
-                             f"{modality.shape[0]} tokens")
+        _check_token_count(modality, num_tokens, where)
         want = (model.num_moe_layers, num_tokens, model.top_k)
         if ids.shape != want:
             raise TraceError(f'{where}: "topk_ids" has shape {list(ids.shape)}, expected '
                              f"[L, T, k] = {list(want)}")
-        _check_ids(ids, model.num_experts, "topk_ids", where)
+        check_topk_ids(ids, model.num_experts, where)
         check_modality_codes(modality, where)
         return ids, modality
 
@@ -706,14 +706,12 @@ class Trace:
         values = {spec[0]: _decode_array(payload, spec, self._table) for spec in specs}
         half = any(sp[0] in ("topk_scores", "scores") and sp[1].str == "<f2" for sp in specs)
         del payload
-        if values["modality"].shape[0] != num_tokens:
-            raise TraceError(f'{where}: "num_tokens" is {num_tokens}, but "modality" holds '
-                             f"{values['modality'].shape[0]} tokens")
+        _check_token_count(values["modality"], num_tokens, where)
         if self.version >= 2:
             values = self._assemble_v2(values, derived, num_tokens, where, half)
         step = Step(index=i, kind=kind, **values)
         # v2 top-N scores were checked as stored (finite, >= 0) before being spread out
-        # (and topk_ids: in range by _check_ids, without repeats by the slot count)
+        # (and topk_ids: in range by check_ids_in_range, without repeats by the slot count)
         check_step(step, self.model, self.fields, where,
                    checked=("scores", "topk_ids") if step.score_known is not None else ())
         return step
@@ -748,7 +746,7 @@ class Trace:
             raise TraceError(f'{where}: "topk_weights" is both stored and "derived"')
         out = {n: v for n, v in values.items() if n not in TOPN_FIELDS}
         if "topk_scores" not in values:
-            _check_ids(ids, model.num_experts, "topk_ids", where)
+            check_ids_in_range(ids, model.num_experts, "topk_ids", where)
         else:
             top, cand, cand_s = values["topk_scores"], values["cand_ids"], values["cand_scores"]
             dims = (model.num_moe_layers, num_tokens)
@@ -756,8 +754,8 @@ class Trace:
             both = np.concatenate([ids, cand], axis=2)
             kept = np.concatenate([top, cand_s], axis=2)
             if both.size and (int(both.min()) < 0 or int(both.max()) >= model.num_experts):
-                _check_ids(ids, model.num_experts, "topk_ids", where)
-                _check_ids(cand, model.num_experts, "cand_ids", where)
+                check_ids_in_range(ids, model.num_experts, "topk_ids", where)
+                check_ids_in_range(cand, model.num_experts, "cand_ids", where)
             if kept.size and not (np.isfinite(kept).all() and kept.min() >= 0):
                 _check_nonneg_finite(top, "topk_scores", where)
                 _check_nonneg_finite(cand_s, "cand_scores", where)
@@ -916,15 +914,10 @@ def _check_nonneg_finite(arr: np.ndarray, name: str, where: str) -> None:
                          "value, expected finite scores >= 0")
 
 
-def _check_ids(ids: np.ndarray, num_experts: int, name: str, where: str) -> None:
-    if not ids.size:
-        return
-    bad = (ids < 0) | (ids >= num_experts)
-    if bad.any():
-        layer = int(np.argmax(bad.reshape(bad.shape[0], -1).any(axis=1)))
-        raise TraceError(f'{where}, layer {layer}: "{name}" holds expert '
-                         f"{int(ids[layer][bad[layer]][0])}, expected 0 <= id < E = "
-                         f"{num_experts}")
+def _check_token_count(modality: np.ndarray, num_tokens: int, where: str) -> None:
+    if modality.shape[0] != num_tokens:
+        raise TraceError(f'{where}: "num_tokens" is {num_tokens}, but "modality" holds '
+                         f"{modality.shape[0]} tokens")
 
 
 def open_trace(path: str | os.PathLike) -> Trace:

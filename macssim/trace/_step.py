@@ -12,8 +12,9 @@ import numpy as np
 from macssim._errors import TraceError
 from macssim.trace._model import ModelFacts
 
-__all__ = ["FIELDS_V2", "FIELD_NAMES", "FIELDS", "MODALITIES", "Step", "check_modality_codes",
-           "check_step", "normalise_step", "unscored_experts_per_gpu"]
+__all__ = ["FIELDS_V2", "FIELD_NAMES", "FIELDS", "MODALITIES", "Step", "check_ids_in_range",
+           "check_modality_codes", "check_step", "check_topk_ids", "normalise_step",
+           "unscored_experts_per_gpu"]
 
 MODALITIES = ("text", "image", "video", "audio")
 """Modality codes: the value stored in ``modality`` is the index in this tuple."""
@@ -205,24 +206,37 @@ def check_modality_codes(modality: np.ndarray, where: str) -> None:
                              f"expected 0..{len(MODALITIES) - 1} ({', '.join(MODALITIES)})")
 
 
+def check_ids_in_range(ids: np.ndarray, num_experts: int, name: str, where: str) -> None:
+    """Every id in [L, T, n] ``ids`` names an expert 0..E-1."""
+    if not ids.size:
+        return
+    bad = (ids < 0) | (ids >= num_experts)
+    if bad.any():
+        layer = _first_bad_layer(bad)
+        raise TraceError(f'{where}, layer {layer}: "{name}" holds expert '
+                         f"{int(ids[layer][bad[layer]][0])}, expected 0 <= id < E = "
+                         f"{num_experts}")
+
+
+def check_topk_ids(ids: np.ndarray, num_experts: int, where: str) -> None:
+    """``topk_ids`` [L, T, k] names experts 0..E-1, no expert twice for one token."""
+    check_ids_in_range(ids, num_experts, "topk_ids", where)
+    if not ids.size:
+        return
+    srt = np.sort(ids, axis=-1)
+    dup = (srt[..., 1:] == srt[..., :-1]).any(axis=-1)
+    if dup.any():
+        layer = _first_bad_layer(dup)
+        token = int(np.argmax(dup[layer]))
+        raise TraceError(f'{where}, layer {layer}: "topk_ids" names one expert twice for '
+                         f"token {token}: {ids[layer, token].tolist()}")
+
+
 def _check_values(step: Step, model: ModelFacts, where: str,
                   checked: tuple[str, ...] = ()) -> None:
     check_modality_codes(step.modality, where)
-    ids = step.topk_ids
-    if ids.size and "topk_ids" not in checked:
-        bad = (ids < 0) | (ids >= model.num_experts)
-        if bad.any():
-            layer = _first_bad_layer(bad)
-            value = int(ids[layer][bad[layer]][0])
-            raise TraceError(f'{where}, layer {layer}: "topk_ids" holds expert {value}, expected '
-                             f"0 <= id < E = {model.num_experts}")
-        srt = np.sort(ids, axis=-1)
-        dup = (srt[..., 1:] == srt[..., :-1]).any(axis=-1)
-        if dup.any():
-            layer = _first_bad_layer(dup)
-            token = int(np.argmax(dup[layer]))
-            raise TraceError(f'{where}, layer {layer}: "topk_ids" names one expert twice for '
-                             f"token {token}: {ids[layer, token].tolist()}")
+    if "topk_ids" not in checked:
+        check_topk_ids(step.topk_ids, model.num_experts, where)
     for name in ("topk_weights", "scores", "entropy"):
         arr = getattr(step, name)
         if arr is None or not arr.size or name in checked:

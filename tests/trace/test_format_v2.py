@@ -159,6 +159,22 @@ def test_expert_choices_check_what_they_read(tmp_path):
         list(open_trace(path).expert_choices())
 
 
+def test_expert_choices_refuse_an_expert_named_twice(tmp_path):
+    """A token naming one expert twice would count it twice in the labels: the light read
+    refuses it, as a full read does."""
+    stored, filters, derived = _good_v2()
+    ids = stored["topk_ids"].copy()
+    ids[0, 1, 1] = ids[0, 1, 0]
+    stored["topk_ids"] = ids
+    rec = spec.encode_step_v2(0, stored, filters, derived)
+    path = _write_raw(tmp_path, spec.encode_trace_v2([rec], candidates=3))
+    with pytest.raises(TraceError):
+        open_trace(path).step(0)
+    with pytest.raises(TraceError, match=r'step 0, layer 0: "topk_ids" names one expert twice '
+                                         r"for token 1"):
+        list(open_trace(path).expert_choices())
+
+
 @pytest.mark.parametrize("codec", ["zstd", "zlib", "none"])
 def test_codecs_round_trip_alike(tmp_path, codec):
     steps = [make_step(i, seed=i) for i in range(2)]
