@@ -309,7 +309,7 @@ def test_qwen3_presets_match_qwen3_30b_a3b_concentration(preset) -> None:
 
 def test_each_preset_gets_its_family_knobs() -> None:
     """Qwen3-based presets get the Qwen3 calibration; a DeepSeek-style or unknown model
-    keeps the DeepSeek-R1-calibrated field defaults; ``synthesize`` records which."""
+    keeps the DeepSeek-R1-calibrated field defaults; the synth uses them by default."""
     qwen3 = knobs_for_model("qwen3-vl-30b-a3b")
     assert knobs_for_model("InternVL3.5-30B-A3B") == qwen3
     assert qwen3.popularity_sigma < RoutingKnobs().popularity_sigma
@@ -321,8 +321,8 @@ def test_each_preset_gets_its_family_knobs() -> None:
 
 
 def test_expert_concentration_closed_form() -> None:
-    """Even counts: top-1 share 1/E, every expert needed for 90 % (rounded up), zero
-    concentration; one expert taking everything: share 100 %, one expert, 1."""
+    """Even counts over 16 experts: top-1 share 1/16, 15 experts to reach 90 % (14 hold
+    87.5 %), zero concentration; one expert taking everything: share 100 %, one expert, 1."""
     even = np.full((3, 16), 10)
     top1, cov, conc = expert_concentration(even)
     assert top1 == pytest.approx(100 / 16) and cov == 15 and conc == pytest.approx(0.0)
